@@ -1,0 +1,203 @@
+//! `tenantry.v1.ItemService`: one tenant's items, served from its own database.
+
+use tonic::{Request, Response, Status};
+
+use crate::clock::to_timestamp;
+use crate::error::{Error, Result};
+use crate::ids::parse_canonical_uuid;
+use crate::items::{self, Cursor, Item, ItemChanges, NewItem, check_description, check_title};
+use crate::pagination;
+use crate::pb::{self, item_service_server::ItemService};
+use crate::routing::{VerifiedTenant, verified_tenant};
+use crate::tenant::Registry;
+
+pub struct ItemApi {
+    registry: Registry,
+}
+
+impl ItemApi {
+    pub fn new(registry: Registry) -> Self {
+        ItemApi { registry }
+    }
+}
+
+fn to_pb(item: &Item) -> pb::Item {
+    pb::Item {
+        id: item.id.hyphenated().to_string(),
+        title: item.title.clone(),
+        description: item.description.clone(),
+        completed: item.completed,
+        create_time: Some(to_timestamp(item.create_time)),
+        update_time: Some(to_timestamp(item.update_time)),
+        etag: item.etag(),
+    }
+}
+
+/// The scope a ListItems page token is valid in: this tenant, this filter.
+fn list_scope(tenant: &VerifiedTenant, completed: Option<bool>) -> Vec<u8> {
+    let filter = match completed {
+        None => "all",
+        Some(true) => "completed",
+        Some(false) => "open",
+    };
+    format!("items/{}/{filter}", tenant.id).into_bytes()
+}
+
+#[tonic::async_trait]
+impl ItemService for ItemApi {
+    async fn create_item(
+        &self,
+        request: Request<pb::CreateItemRequest>,
+    ) -> Result<Response<pb::Item>, Status> {
+        let tenant = verified_tenant(&request)?;
+        let item = request
+            .into_inner()
+            .item
+            .ok_or_else(|| Error::invalid("item", "is required"))?;
+        check_title("item.title", &item.title)?;
+        check_description("item.description", &item.description)?;
+        let new = NewItem {
+            title: item.title,
+            description: item.description,
+            completed: item.completed,
+        };
+        let db = self.registry.get(tenant.id).await?;
+        let created = db.write(move |tx| items::insert(tx, new)).await?;
+        Ok(Response::new(to_pb(&created)))
+    }
+
+    async fn get_item(
+        &self,
+        request: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::Item>, Status> {
+        let tenant = verified_tenant(&request)?;
+        let id = parse_canonical_uuid("id", &request.get_ref().id)?;
+        let db = self.registry.get(tenant.id).await?;
+        let item = db.read(move |conn| items::get(conn, id)).await?;
+        let item = item.ok_or_else(|| Error::NotFound(format!("item {id} does not exist")))?;
+        Ok(Response::new(to_pb(&item)))
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+        let tenant = verified_tenant(&request)?;
+        let query = request.into_inner();
+        let page_size = pagination::page_size(query.page_size)?;
+        let scope = list_scope(&tenant, query.completed);
+        let after = match pagination::decode(&scope, &query.page_token)? {
+            None => None,
+            Some(bytes) => Some(Cursor::from_bytes(&bytes).ok_or_else(|| {
+                Error::invalid(
+                    "page_token",
+                    "is damaged: pass the next_page_token of the previous page unchanged",
+                )
+            })?),
+        };
+        let completed = query.completed;
+        let db = self.registry.get(tenant.id).await?;
+        let mut page = db
+            .read(move |conn| items::list(conn, completed, after, page_size + 1))
+            .await?;
+        let next_page_token = if page.len() > page_size {
+            page.truncate(page_size);
+            let last = page.last().expect("a full page has a last item");
+            pagination::encode(
+                &scope,
+                &Cursor {
+                    create_time: last.create_time,
+                    id: last.id,
+                }
+                .to_bytes(),
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListItemsResponse {
+            items: page.iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_item(
+        &self,
+        request: Request<pb::UpdateItemRequest>,
+    ) -> Result<Response<pb::Item>, Status> {
+        let tenant = verified_tenant(&request)?;
+        let pb::UpdateItemRequest { item, update_mask } = request.into_inner();
+        let item = item.ok_or_else(|| Error::invalid("item", "is required"))?;
+        let id = parse_canonical_uuid("item.id", &item.id)?;
+        let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
+        let expected_etag = (!item.etag.is_empty()).then(|| item.etag.clone());
+        let changes = changes_from(item, &paths)?;
+        let db = self.registry.get(tenant.id).await?;
+        let updated = db
+            .write(move |tx| items::update(tx, id, changes, expected_etag.as_deref()))
+            .await?;
+        Ok(Response::new(to_pb(&updated)))
+    }
+
+    async fn delete_item(
+        &self,
+        request: Request<pb::DeleteItemRequest>,
+    ) -> Result<Response<()>, Status> {
+        let tenant = verified_tenant(&request)?;
+        let id = parse_canonical_uuid("id", &request.get_ref().id)?;
+        let db = self.registry.get(tenant.id).await?;
+        db.write(move |tx| items::delete(tx, id)).await?;
+        Ok(Response::new(()))
+    }
+}
+
+/// The changes an UpdateItem asks for (AIP-134): the fields named in the
+/// mask, `*` for every updatable field, or, with no mask, every field set to
+/// a non-default value.
+fn changes_from(item: pb::Item, paths: &[String]) -> Result<ItemChanges> {
+    const FIELD: &str = "update_mask";
+    let (mut title, mut description, mut completed) = (false, false, false);
+    if paths.is_empty() {
+        title = !item.title.is_empty();
+        description = !item.description.is_empty();
+        completed = item.completed;
+    }
+    for path in paths {
+        match path.as_str() {
+            "*" => (title, description, completed) = (true, true, true),
+            "title" => title = true,
+            "description" => description = true,
+            "completed" => completed = true,
+            "id" | "create_time" | "update_time" | "etag" => {
+                return Err(Error::invalid(
+                    FIELD,
+                    format!("{path:?} is output only and cannot be updated"),
+                ));
+            }
+            other => {
+                return Err(Error::invalid(
+                    FIELD,
+                    format!(
+                        "{other:?} is not a field of Item: use title, description, completed or *"
+                    ),
+                ));
+            }
+        }
+    }
+    if !(title || description || completed) {
+        return Err(Error::invalid(
+            FIELD,
+            "names no field to update: set update_mask or a field's new value",
+        ));
+    }
+    if title {
+        check_title("item.title", &item.title)?;
+    }
+    if description {
+        check_description("item.description", &item.description)?;
+    }
+    Ok(ItemChanges {
+        title: title.then_some(item.title),
+        description: description.then_some(item.description),
+        completed: completed.then_some(item.completed),
+    })
+}

@@ -1,0 +1,6 @@
+//! The gRPC services. Each method has the same shape: read the verified
+//! caller, validate the request, call the store, map the result. Errors turn
+//! into statuses in one place, [`crate::error`].
+
+pub mod items;
+pub mod tenants;

@@ -1,0 +1,42 @@
+//! The catalog's schema, one migration per version. Append only: a released
+//! migration is never edited, a change is a new entry at the end.
+
+use crate::schema::Migration;
+
+pub const CATALOG: &[Migration] = &[Migration {
+    description: "tenants, api keys and the admin audit trail",
+    sql: "
+        CREATE TABLE tenants (
+            id             TEXT PRIMARY KEY,
+            name           TEXT NOT NULL,
+            display_name   TEXT NOT NULL DEFAULT '',
+            state          TEXT NOT NULL
+                           CHECK (state IN ('provisioning', 'active', 'suspended', 'deleting', 'deleted')),
+            schema_version INTEGER NOT NULL DEFAULT 0,
+            create_time    INTEGER NOT NULL,
+            update_time    INTEGER NOT NULL
+        ) STRICT;
+        -- A name is unique among tenants that exist; a deleted tenant's name is free again.
+        CREATE UNIQUE INDEX tenants_live_name ON tenants (name) WHERE state <> 'deleted';
+        CREATE INDEX tenants_state ON tenants (state);
+
+        CREATE TABLE api_keys (
+            id            TEXT PRIMARY KEY,
+            tenant_id     TEXT NOT NULL REFERENCES tenants (id),
+            description   TEXT NOT NULL DEFAULT '',
+            secret_sha256 BLOB NOT NULL CHECK (length(secret_sha256) = 32),
+            create_time   INTEGER NOT NULL,
+            revoke_time   INTEGER
+        ) STRICT;
+        CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+
+        CREATE TABLE admin_audit (
+            id        INTEGER PRIMARY KEY,
+            time      INTEGER NOT NULL,
+            actor     TEXT NOT NULL,
+            action    TEXT NOT NULL,
+            target    TEXT NOT NULL DEFAULT '',
+            outcome   TEXT NOT NULL
+        ) STRICT;
+    ",
+}];

@@ -1,0 +1,271 @@
+//! The catalog's SQL, as functions over a connection or a transaction.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::clock::Micros;
+use crate::error::{Context, Error, Result};
+use crate::ids::TenantId;
+use crate::sqlite::is_unique_violation;
+
+/// Where a tenant is in its life. Only `Active` tenants are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantState {
+    /// Its catalog row exists, its file is being made; invisible to clients.
+    Provisioning,
+    Active,
+    Suspended,
+    Deleting,
+    Deleted,
+}
+
+impl TenantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Provisioning => "provisioning",
+            TenantState::Active => "active",
+            TenantState::Suspended => "suspended",
+            TenantState::Deleting => "deleting",
+            TenantState::Deleted => "deleted",
+        }
+    }
+
+    fn parse(text: &str) -> rusqlite::Result<Self> {
+        Ok(match text {
+            "provisioning" => TenantState::Provisioning,
+            "active" => TenantState::Active,
+            "suspended" => TenantState::Suspended,
+            "deleting" => TenantState::Deleting,
+            "deleted" => TenantState::Deleted,
+            other => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    0,
+                    format!("unknown tenant state {other:?}"),
+                    rusqlite::types::Type::Text,
+                ));
+            }
+        })
+    }
+
+    /// Whether clients can see the tenant at all (in Get and List).
+    pub fn is_visible(self) -> bool {
+        matches!(self, TenantState::Active | TenantState::Suspended)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: String,
+    pub display_name: String,
+    pub state: TenantState,
+    pub schema_version: u32,
+    pub create_time: Micros,
+    pub update_time: Micros,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    pub description: String,
+    pub secret_sha256: [u8; 32],
+    pub create_time: Micros,
+}
+
+/// What one API key grants: the tenant it acts for, and whether it still may.
+#[derive(Clone, Debug)]
+pub struct KeyGrant {
+    pub key_id: Uuid,
+    pub tenant_id: TenantId,
+    pub secret_sha256: [u8; 32],
+    pub revoked: bool,
+    pub tenant_state: TenantState,
+}
+
+const TENANT_COLUMNS: &str =
+    "id, name, display_name, state, schema_version, create_time, update_time";
+
+fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
+    let id: String = row.get(0)?;
+    Ok(TenantRecord {
+        id: parse_tenant_id(&id)?,
+        name: row.get(1)?,
+        display_name: row.get(2)?,
+        state: TenantState::parse(&row.get::<_, String>(3)?)?,
+        schema_version: row.get(4)?,
+        create_time: row.get(5)?,
+        update_time: row.get(6)?,
+    })
+}
+
+fn parse_tenant_id(text: &str) -> rusqlite::Result<TenantId> {
+    TenantId::parse("id", text).map_err(|e| {
+        rusqlite::Error::InvalidColumnType(0, e.to_string(), rusqlite::types::Type::Text)
+    })
+}
+
+pub fn insert_tenant(conn: &Connection, tenant: &TenantRecord) -> Result<()> {
+    let inserted = conn.execute(
+        &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![
+            tenant.id.to_string(),
+            tenant.name,
+            tenant.display_name,
+            tenant.state.as_str(),
+            tenant.schema_version,
+            tenant.create_time,
+            tenant.update_time,
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists(format!(
+            "a tenant named {:?} already exists: choose another name",
+            tenant.name
+        ))),
+        Err(e) => Err(e).context(|| format!("inserting tenant {}", tenant.id)),
+    }
+}
+
+pub fn set_tenant_state(
+    conn: &Connection,
+    id: TenantId,
+    state: TenantState,
+    schema_version: u32,
+    time: Micros,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET state = ?2, schema_version = ?3, update_time = ?4 WHERE id = ?1",
+        params![id.to_string(), state.as_str(), schema_version, time],
+    )
+    .context(|| format!("setting tenant {id} {}", state.as_str()))?;
+    Ok(())
+}
+
+pub fn get_tenant(conn: &Connection, id: TenantId) -> Result<Option<TenantRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"
+    ))
+    .and_then(|mut statement| {
+        statement
+            .query_row([id.to_string()], tenant_from_row)
+            .optional()
+    })
+    .context(|| format!("reading tenant {id}"))
+}
+
+/// Visible tenants ordered by name, after `after_name` when given. The
+/// `state <> 'deleted'` term lets SQLite walk the partial unique index on name.
+pub fn list_tenants(
+    conn: &Connection,
+    after_name: Option<&str>,
+    limit: usize,
+) -> Result<Vec<TenantRecord>> {
+    let sql = format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants
+         WHERE state <> 'deleted' AND state IN ('active', 'suspended') AND name > ?1
+         ORDER BY name LIMIT ?2"
+    );
+    let mut statement = conn
+        .prepare_cached(&sql)
+        .context(|| "listing tenants".into())?;
+    let rows = statement
+        .query_map(
+            params![after_name.unwrap_or(""), limit as i64],
+            tenant_from_row,
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| "listing tenants".into())?;
+    Ok(rows)
+}
+
+pub fn tenants_in_state(conn: &Connection, state: TenantState) -> Result<Vec<TenantRecord>> {
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE state = ?1"
+        ))
+        .context(|| "listing tenants by state".into())?;
+    let rows = statement
+        .query_map([state.as_str()], tenant_from_row)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| format!("listing {} tenants", state.as_str()))?;
+    Ok(rows)
+}
+
+pub fn delete_tenant_row(conn: &Connection, id: TenantId) -> Result<()> {
+    conn.execute(
+        "DELETE FROM api_keys WHERE tenant_id = ?1",
+        [id.to_string()],
+    )
+    .and_then(|_| conn.execute("DELETE FROM tenants WHERE id = ?1", [id.to_string()]))
+    .context(|| format!("deleting tenant row {id}"))?;
+    Ok(())
+}
+
+pub fn insert_api_key(conn: &Connection, key: &ApiKeyRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO api_keys (id, tenant_id, description, secret_sha256, create_time)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            key.id.hyphenated().to_string(),
+            key.tenant_id.to_string(),
+            key.description,
+            key.secret_sha256.as_slice(),
+            key.create_time,
+        ],
+    )
+    .context(|| format!("inserting api key {}", key.id))?;
+    Ok(())
+}
+
+/// The grant of one key, joined with its tenant's state.
+pub fn key_grant(conn: &Connection, key_id: Uuid) -> Result<Option<KeyGrant>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT k.tenant_id, k.secret_sha256, k.revoke_time IS NOT NULL, t.state
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.id = ?1",
+        )
+        .context(|| "looking up an api key".into())?;
+    statement
+        .query_row([key_id.hyphenated().to_string()], |row| {
+            let hash: Vec<u8> = row.get(1)?;
+            Ok(KeyGrant {
+                key_id,
+                tenant_id: parse_tenant_id(&row.get::<_, String>(0)?)?,
+                secret_sha256: hash.try_into().map_err(|_| {
+                    rusqlite::Error::InvalidColumnType(
+                        1,
+                        "secret_sha256".into(),
+                        rusqlite::types::Type::Blob,
+                    )
+                })?,
+                revoked: row.get(2)?,
+                tenant_state: TenantState::parse(&row.get::<_, String>(3)?)?,
+            })
+        })
+        .optional()
+        .context(|| format!("looking up api key {key_id}"))
+}
+
+/// One entry of the admin audit trail: who did what to which target, and how
+/// it ended.
+pub struct AdminEvent<'a> {
+    pub time: Micros,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+}
+
+pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO admin_audit (time, actor, action, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![event.time, event.actor, event.action, event.target, event.outcome])
+    })
+    .context(|| format!("recording admin event {}", event.action))?;
+    Ok(())
+}

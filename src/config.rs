@@ -1,0 +1,94 @@
+//! Every setting of the server, from command-line flags and `TENANTRY_*`
+//! environment variables, with defaults that run on a laptop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::Secret;
+
+/// Settings of `tenantry serve`.
+#[derive(Parser, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on for gRPC (HTTP/2, plaintext).
+    #[arg(long, env = "TENANTRY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the catalog and every tenant's database.
+    #[arg(long, env = "TENANTRY_DATA_DIR", default_value = "tenants-data")]
+    pub data_dir: PathBuf,
+
+    /// File holding the admin token. Without it and without
+    /// TENANTRY_ADMIN_TOKEN, a token is generated into <data-dir>/admin.token.
+    #[arg(long, env = "TENANTRY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The admin token itself, from the TENANTRY_ADMIN_TOKEN environment
+    /// variable only: a flag would show it to every user of `ps`.
+    #[arg(skip = admin_token_from_env())]
+    pub admin_token: Option<Secret>,
+
+    /// Most tenant databases kept open at once; the least recently used are
+    /// closed beyond it.
+    #[arg(long, env = "TENANTRY_MAX_OPEN_TENANTS", default_value_t = 1000)]
+    pub max_open_tenants: u64,
+
+    /// Seconds a tenant may go unused before its database is closed.
+    #[arg(long, env = "TENANTRY_TENANT_IDLE_SECS", default_value_t = 300)]
+    pub tenant_idle_secs: u64,
+
+    /// Most SQLite connections per open tenant, which is also the most calls
+    /// one tenant runs at once (writes run one at a time).
+    #[arg(long, env = "TENANTRY_TENANT_CONNECTIONS", default_value_t = 2)]
+    pub tenant_connections: u32,
+
+    /// Page cache per SQLite connection, in KiB.
+    #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
+    pub tenant_cache_kib: u32,
+
+    /// How long a statement waits for a locked database before failing, in
+    /// milliseconds.
+    #[arg(long, env = "TENANTRY_BUSY_TIMEOUT_MS", default_value_t = 5000)]
+    pub busy_timeout_ms: u64,
+
+    /// Seconds a verified API key is remembered before the catalog is asked
+    /// again. Admin changes take effect at once regardless.
+    #[arg(long, env = "TENANTRY_CREDENTIAL_CACHE_SECS", default_value_t = 60)]
+    pub credential_cache_secs: u64,
+
+    /// Seconds to wait for in-flight calls at shutdown before giving up on them.
+    #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+fn admin_token_from_env() -> Option<Secret> {
+    std::env::var("TENANTRY_ADMIN_TOKEN").ok().map(Secret::new)
+}
+
+impl Config {
+    /// The defaults, with the data in `data_dir`: what a test or an embedding
+    /// program starts from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["tenantry"]);
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    pub fn tenant_idle(&self) -> Duration {
+        Duration::from_secs(self.tenant_idle_secs)
+    }
+
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+
+    pub fn credential_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.credential_cache_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}

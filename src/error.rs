@@ -1,0 +1,132 @@
+//! The crate's one error type and its one conversion to a gRPC status.
+//!
+//! Every fallible path in tenantry returns [`Error`]. The variants name what a
+//! caller can act on; the conversion to [`tonic::Status`] is a single
+//! exhaustive `match` (no `_` arm), so a new variant forces a decision about
+//! its status code. Internal detail (SQL text, file paths, cause chains) is
+//! logged here and never sent to the client.
+
+use std::sync::Arc;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field (or metadata entry) is malformed. `field` is the name a
+    /// client sees: a proto field path such as `item.title`, or a metadata key.
+    #[error("{field}: {description}")]
+    InvalidArgument {
+        field: &'static str,
+        description: String,
+    },
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// An error shared by every waiter of one single-flight operation (moka
+    /// hands each of them the same `Arc`).
+    #[error("{0}")]
+    Shared(Arc<Error>),
+    /// A failure of the server or of its storage, with what was being done.
+    /// The client learns only that something went wrong inside.
+    #[error("{context}: {source}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            description: description.into(),
+        }
+    }
+
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Internal {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Attaches "what we were doing" to lower-level errors on their way up.
+pub trait Context<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E> Context<T> for std::result::Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::internal(context(), source))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        to_status(&error)
+    }
+}
+
+/// moka hands the error of a failed single-flight initialisation to every
+/// waiter as a shared `Arc`; this is the one place that absorbs it.
+impl From<Arc<Error>> for Error {
+    fn from(error: Arc<Error>) -> Self {
+        Error::Shared(error)
+    }
+}
+
+fn to_status(error: &Error) -> Status {
+    match error {
+        Error::InvalidArgument { field, description } => Status::with_error_details(
+            Code::InvalidArgument,
+            format!("{field}: {description}"),
+            ErrorDetails::with_bad_request_violation(*field, description.clone()),
+        ),
+        Error::Unauthenticated(message) => Status::unauthenticated(*message),
+        Error::PermissionDenied(message) => Status::permission_denied(*message),
+        Error::NotFound(message) => Status::not_found(message.clone()),
+        Error::AlreadyExists(message) => Status::already_exists(message.clone()),
+        Error::FailedPrecondition(message) => Status::failed_precondition(message.clone()),
+        Error::Aborted(message) => Status::aborted(message.clone()),
+        Error::Unavailable(message) => Status::unavailable(message.clone()),
+        Error::Shared(inner) => to_status(inner),
+        Error::Internal { .. } => {
+            tracing::error!(error = %error_chain(error), "internal error");
+            Status::internal("internal error; the server log has the details")
+        }
+    }
+}
+
+/// The error and every `source()` below it, joined: what an operator needs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,57 @@
+//! tenantry: a gRPC service that gives every tenant its own SQLite database.
+//!
+//! # The story of one call
+//!
+//! A client calls `tenantry.v1.ItemService/GetItem` with two metadata
+//! entries: `authorization: Bearer <api key>` and `x-tenant-id: <uuid>`.
+//!
+//! 1. **Admission** ([`routing`]), a tower layer in front of every service,
+//!    authenticates the bearer token ([`auth`]): the key id inside it finds
+//!    the key in the [`catalog`], and a constant-time comparison of hashes
+//!    proves the secret. The credential decides who the caller is. Then
+//!    `x-tenant-id` must parse as a canonical UUID and name the key's own
+//!    tenant, which must be active; otherwise the call ends here, with a
+//!    status and without touching any file.
+//! 2. **The service method** ([`api`]) receives a verified tenant from the
+//!    request's extensions, validates the request, and asks the
+//!    [`tenant::Registry`] for that tenant's database.
+//! 3. **The registry** keeps open tenants in a bounded cache. On a miss it
+//!    opens the tenant's file, `tenants/<uuid>.db` ([`data_dir`]), once, no
+//!    matter how many calls wait for it, and brings its schema up to date
+//!    ([`schema`]).
+//! 4. **The store** ([`items`]) runs its SQL on a pooled connection of that
+//!    file, on a blocking thread ([`sqlite`]). There is no tenant filter in
+//!    any query, and none to forget: the connection belongs to one tenant.
+//! 5. **Errors** from any step become a gRPC status in one place ([`error`]).
+//!
+//! Admin calls (`tenantry.v1.TenantService`) take the admin token instead and
+//! work on the catalog. Health and reflection need no credential.
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod data_dir;
+pub mod error;
+pub mod ids;
+pub mod items;
+pub mod pagination;
+pub mod routing;
+pub mod schema;
+pub mod server;
+pub mod shutdown;
+pub mod sqlite;
+pub mod tenant;
+
+/// The generated protobuf and gRPC code of `proto/tenantry/v1`.
+pub mod pb {
+    tonic::include_proto!("tenantry.v1");
+
+    /// The encoded descriptors of every file in `proto/`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tenantry_descriptor");
+}
+
+pub use config::Config;
+pub use server::Application;

@@ -1,0 +1,240 @@
+//! The tower layer that admits a call: it authenticates the credential and,
+//! for item calls, turns `x-tenant-id` into a verified tenant.
+//!
+//! It runs once, before any service code. What it admits, it records in the
+//! request's extensions ([`Caller`], and [`VerifiedTenant`] for item calls); a
+//! service method reads them with [`verified_tenant`] and so cannot forget a
+//! check. What it refuses never reaches a service, and never touches a file.
+//!
+//! Which credential a method needs is decided by its path, deny by default:
+//! only health and reflection are open; `tenantry.v1.ItemService` needs a
+//! tenant API key; everything else, `tenantry.v1.TenantService` and any
+//! unknown path, needs the admin token.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::auth::{Authenticator, Caller};
+use crate::catalog::TenantState;
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// A tenant the caller has proven it may act for, and that is active.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifiedTenant {
+    pub id: TenantId,
+    pub key_id: uuid::Uuid,
+}
+
+/// The verified tenant of an item call, as recorded by the layer.
+pub fn verified_tenant<T>(request: &tonic::Request<T>) -> Result<VerifiedTenant> {
+    request
+        .extensions()
+        .get::<VerifiedTenant>()
+        .copied()
+        .ok_or_else(|| {
+            Error::internal(
+                "routing an item call",
+                "the call reached the service without a verified tenant",
+            )
+        })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    Open,
+    Tenant,
+    Admin,
+}
+
+impl Policy {
+    fn of(path: &str) -> Self {
+        const OPEN: [&str; 3] = [
+            "/grpc.health.v1.Health/",
+            "/grpc.reflection.v1.ServerReflection/",
+            "/grpc.reflection.v1alpha.ServerReflection/",
+        ];
+        if OPEN.iter().any(|prefix| path.starts_with(prefix)) {
+            Policy::Open
+        } else if path.starts_with("/tenantry.v1.ItemService/") {
+            Policy::Tenant
+        } else {
+            Policy::Admin
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    auth: Authenticator,
+}
+
+impl AdmissionLayer {
+    pub fn new(auth: Authenticator) -> Self {
+        AdmissionLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<Request<B>> for Admission<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<std::result::Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let policy = Policy::of(request.uri().path());
+        // The clone is not ready; the ready one is the one we were polled on.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if policy == Policy::Open {
+            return Box::pin(inner.call(request));
+        }
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            match admit(&auth, policy, request.headers()).await {
+                Ok((caller, tenant)) => {
+                    request.extensions_mut().insert(caller);
+                    if let Some(tenant) = tenant {
+                        request.extensions_mut().insert(tenant);
+                    }
+                    inner.call(request).await
+                }
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
+            }
+        })
+    }
+}
+
+async fn admit(
+    auth: &Authenticator,
+    policy: Policy,
+    headers: &HeaderMap,
+) -> Result<(Caller, Option<VerifiedTenant>)> {
+    let authorization = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes());
+    let (caller, grant) = auth.authenticate(authorization).await?;
+    match (policy, caller) {
+        (Policy::Admin, Caller::Admin) => Ok((caller, None)),
+        (Policy::Admin, Caller::Tenant { key_id, .. }) => {
+            tracing::warn!(%key_id, "refused a tenant api key on the admin api");
+            Err(Error::PermissionDenied(
+                "an API key cannot call the admin API: use the admin token",
+            ))
+        }
+        (Policy::Tenant, Caller::Admin) => Err(Error::PermissionDenied(
+            "the admin token does not act for a tenant: use an API key of the tenant",
+        )),
+        (Policy::Tenant, Caller::Tenant { tenant_id, key_id }) => {
+            let requested = requested_tenant(headers)?;
+            if requested != tenant_id {
+                // The same answer whether or not the requested tenant exists.
+                tracing::warn!(%key_id, key_tenant = %tenant_id, requested = %requested, "refused an api key for another tenant");
+                return Err(Error::PermissionDenied(
+                    "this API key does not act for the tenant named in x-tenant-id",
+                ));
+            }
+            let state = grant
+                .map(|g| g.tenant_state)
+                .unwrap_or(TenantState::Deleted);
+            match state {
+                TenantState::Active => Ok((
+                    caller,
+                    Some(VerifiedTenant {
+                        id: tenant_id,
+                        key_id,
+                    }),
+                )),
+                TenantState::Suspended => {
+                    Err(Error::FailedPrecondition("tenant is suspended".into()))
+                }
+                TenantState::Provisioning | TenantState::Deleting | TenantState::Deleted => Err(
+                    Error::NotFound(format!("tenant {tenant_id} does not exist")),
+                ),
+            }
+        }
+        (Policy::Open, _) => unreachable!("open calls are not admitted"),
+    }
+}
+
+/// The tenant named by `x-tenant-id`: exactly one value, a canonical UUID.
+fn requested_tenant(headers: &HeaderMap) -> Result<TenantId> {
+    let mut values = headers.get_all(TENANT_HEADER).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => {
+            return Err(Error::invalid(
+                TENANT_HEADER,
+                "is required: send the id of the tenant to act for as `x-tenant-id` metadata",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                TENANT_HEADER,
+                "must be sent once, not several times",
+            ));
+        }
+        (Some(value), None) => value,
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Error::invalid(TENANT_HEADER, "must be ASCII text"))?;
+    TenantId::parse(TENANT_HEADER, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_health_and_reflection_are_open_and_unknown_paths_need_the_admin() {
+        assert_eq!(Policy::of("/grpc.health.v1.Health/Check"), Policy::Open);
+        assert_eq!(
+            Policy::of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Policy::Open
+        );
+        assert_eq!(
+            Policy::of("/tenantry.v1.ItemService/GetItem"),
+            Policy::Tenant
+        );
+        assert_eq!(
+            Policy::of("/tenantry.v1.TenantService/CreateTenant"),
+            Policy::Admin
+        );
+        assert_eq!(Policy::of("/tenantry.v2.Whatever/Do"), Policy::Admin);
+        assert_eq!(Policy::of("/grpc.health.v1.HealthX/Check"), Policy::Admin);
+    }
+}

@@ -1,0 +1,195 @@
+//! Assembles the server: opens the data directory, builds the layers and
+//! services, binds the listener, serves until told to stop, then shuts down
+//! in order: stop accepting, let in-flight calls finish, close every tenant
+//! database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::{items::ItemApi, tenants::TenantApi};
+use crate::auth::{self, Authenticator};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::data_dir::DataDir;
+use crate::error::{Context, Error, Result};
+use crate::pb::{
+    self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
+};
+use crate::routing::AdmissionLayer;
+use crate::sqlite::{PoolSettings, run_blocking};
+use crate::tenant::{Registry, RegistrySettings};
+
+/// File descriptors kept free for the listener, client connections and the
+/// catalog, beyond those of open tenants.
+const RESERVED_FDS: u64 = 256;
+/// A SQLite connection in WAL mode holds up to three descriptors: the
+/// database, its `-wal` and its `-shm`.
+const FDS_PER_CONNECTION: u64 = 3;
+
+/// A server that is bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+    catalog: Catalog,
+    registry: Registry,
+    auth: Authenticator,
+}
+
+impl Application {
+    /// Opens the data directory and the catalog, recovers from any crash,
+    /// loads the admin token and binds the listen address.
+    pub async fn build(config: Config) -> Result<Self> {
+        check_file_limit(&config)?;
+        let setup = config.clone();
+        let (catalog, data_dir, admin_token) = run_blocking(move || {
+            let data_dir = DataDir::create(&setup.data_dir)?;
+            let catalog_pool = PoolSettings::new(4, 2048, setup.busy_timeout());
+            let catalog = Catalog::open(&data_dir, &catalog_pool)?;
+            let token = auth::admin_token(
+                setup.admin_token.as_ref(),
+                setup.admin_token_file.as_deref(),
+                &data_dir,
+            )?;
+            Ok((catalog, data_dir, token))
+        })
+        .await?;
+        let registry = Registry::new(
+            catalog.clone(),
+            data_dir,
+            RegistrySettings {
+                max_open: config.max_open_tenants,
+                idle: config.tenant_idle(),
+                pool: PoolSettings::new(
+                    config.tenant_connections,
+                    config.tenant_cache_kib,
+                    config.busy_timeout(),
+                ),
+            },
+        );
+        let auth = Authenticator::new(&admin_token, catalog.clone(), config.credential_cache_ttl());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .context(|| format!("binding {}", config.listen))?;
+        Ok(Application {
+            listener,
+            config,
+            catalog,
+            registry,
+            auth,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The registry of open tenants, for inspection.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls (for at
+    /// most the configured grace period) and closes every tenant database.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Application {
+            listener,
+            config,
+            catalog,
+            registry,
+            auth,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ItemServiceServer<ItemApi>>().await;
+        health.set_serving::<TenantServiceServer<TenantApi>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context(|| "building reflection v1".into())?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context(|| "building reflection v1alpha".into())?;
+
+        let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; waiting for calls in flight");
+            let _ = drain_started.send(());
+        };
+        let serve = Server::builder()
+            .tcp_nodelay(true)
+            .trace_fn(|request| tracing::info_span!("call", method = request.uri().path()))
+            .layer(AdmissionLayer::new(auth))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TenantServiceServer::new(TenantApi::new(
+                catalog,
+                registry.clone(),
+            )))
+            .add_service(ItemServiceServer::new(ItemApi::new(registry.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+        let grace = config.shutdown_grace();
+        let served = run_with_grace(serve, drain_signal, grace).await;
+        registry.close_all().await;
+        tracing::info!("every tenant database is closed");
+        served
+    }
+}
+
+/// Runs the server future; once draining has started, gives it `grace` to
+/// finish before giving up on the calls still in flight.
+async fn run_with_grace(
+    serve: impl Future<Output = std::result::Result<(), tonic::transport::Error>>,
+    drain_started: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> Result<()> {
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => return served.context(|| "serving".into()),
+        _ = drain_started => {}
+    }
+    match tokio::time::timeout(grace, &mut serve).await {
+        Ok(served) => served.context(|| "serving".into()),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "calls still in flight after the grace period: stopping anyway"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and refuses a
+/// configuration whose open tenants could not all get their descriptors.
+fn check_file_limit(config: &Config) -> Result<()> {
+    let limit =
+        rlimit::increase_nofile_limit(u64::MAX).context(|| "raising the open-file limit".into())?;
+    let needed =
+        config.max_open_tenants * u64::from(config.tenant_connections) * FDS_PER_CONNECTION
+            + RESERVED_FDS;
+    if needed > limit {
+        return Err(Error::FailedPrecondition(format!(
+            "--max-open-tenants {} with --tenant-connections {} needs up to {needed} open files, \
+             but this process may open only {limit}: lower them, or raise the hard limit (ulimit -Hn)",
+            config.max_open_tenants, config.tenant_connections
+        )));
+    }
+    tracing::debug!(limit, needed, "open-file limit");
+    Ok(())
+}

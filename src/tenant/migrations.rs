@@ -1,0 +1,27 @@
+//! The schema of a tenant database, one migration per version. Append only: a
+//! released migration is never edited, a change is a new entry at the end.
+
+use crate::schema::Migration;
+
+pub const TENANT: &[Migration] = &[Migration {
+    description: "items",
+    sql: "
+        CREATE TABLE items (
+            id          TEXT PRIMARY KEY,
+            title       TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            completed   INTEGER NOT NULL DEFAULT 0 CHECK (completed IN (0, 1)),
+            create_time INTEGER NOT NULL,
+            update_time INTEGER NOT NULL,
+            revision    INTEGER NOT NULL DEFAULT 1
+        ) STRICT;
+        -- ListItems walks these newest first, with or without the completed filter.
+        CREATE INDEX items_newest ON items (create_time DESC, id DESC);
+        CREATE INDEX items_completed_newest ON items (completed, create_time DESC, id DESC);
+    ",
+}];
+
+/// The schema version this binary creates and serves.
+pub fn latest() -> u32 {
+    TENANT.len() as u32
+}
