@@ -251,10 +251,10 @@ impl Authenticator {
 
     async fn grant(&self, key_id: Uuid) -> Result<Arc<KeyGrant>> {
         let current = self.generation.load(Ordering::SeqCst);
-        if let Some(cached) = self.grants.get(&key_id).await {
-            if cached.generation == current {
-                return Ok(cached.grant);
-            }
+        if let Some(cached) = self.grants.get(&key_id).await
+            && cached.generation == current
+        {
+            return Ok(cached.grant);
         }
         let catalog = self.catalog.clone();
         let found = catalog

@@ -216,14 +216,14 @@ pub fn update(
     expected_etag: Option<&str>,
 ) -> Result<Item> {
     let mut item = get(tx, id)?.ok_or_else(|| not_found(id))?;
-    if let Some(etag) = expected_etag {
-        if etag != item.etag() {
-            return Err(Error::Aborted(format!(
-                "item {id} has changed since etag {etag:?} was read (it is now at {:?}): \
-                 read it again and retry",
-                item.etag()
-            )));
-        }
+    if let Some(etag) = expected_etag
+        && etag != item.etag()
+    {
+        return Err(Error::Aborted(format!(
+            "item {id} has changed since etag {etag:?} was read (it is now at {:?}): \
+             read it again and retry",
+            item.etag()
+        )));
     }
     if let Some(title) = changes.title {
         item.title = title;
