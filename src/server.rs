@@ -111,10 +111,16 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ItemServiceServer<ItemApi>>().await;
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
+        // Both versions describe every service, themselves included.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
         };
         let reflection_v1 = reflection()
             .build_v1()

@@ -1,0 +1,24 @@
+# Build stage: the Rust toolchain and a C compiler are all it needs; protoc
+# and SQLite come from crates.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+RUN cargo build --release --locked --bin tenantry \
+ && strip target/release/tenantry
+
+# Runtime stage: a small Debian with one static-ish binary, run as non-root.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin tenantry \
+ && mkdir -p /data \
+ && chown tenantry:tenantry /data
+COPY --from=build /src/target/release/tenantry /usr/local/bin/tenantry
+USER tenantry
+ENV TENANTRY_LISTEN=0.0.0.0:50051 \
+    TENANTRY_DATA_DIR=/data
+VOLUME ["/data"]
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/tenantry"]
+CMD ["serve"]
