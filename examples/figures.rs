@@ -152,6 +152,7 @@ async fn main() {
                     name: format!("tenant-{n}"),
                     ..Default::default()
                 }),
+                ..Default::default()
             }))
             .await
             .unwrap()

@@ -20,6 +20,20 @@ pub fn to_timestamp(micros: Micros) -> prost_types::Timestamp {
     }
 }
 
+/// A `Timestamp` as microseconds, if it is a valid one (AIP-142: between
+/// 0001-01-01 and 9999-12-31, nanoseconds in range). Sub-microsecond
+/// precision is dropped.
+pub fn from_timestamp(timestamp: &prost_types::Timestamp) -> Option<Micros> {
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds)
+        || !(0..1_000_000_000).contains(&timestamp.nanos)
+    {
+        return None;
+    }
+    Some(timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos) / 1_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +54,22 @@ mod tests {
                 nanos: 999_999_000
             }
         );
+    }
+
+    #[test]
+    fn timestamps_parse_back_and_out_of_range_ones_are_refused() {
+        for micros in [0, 1_700_000_000_123_456, -1] {
+            assert_eq!(from_timestamp(&to_timestamp(micros)), Some(micros));
+        }
+        let bad_nanos = prost_types::Timestamp {
+            seconds: 0,
+            nanos: 1_000_000_000,
+        };
+        let too_late = prost_types::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        };
+        assert_eq!(from_timestamp(&bad_nanos), None);
+        assert_eq!(from_timestamp(&too_late), None);
     }
 }

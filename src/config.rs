@@ -58,6 +58,14 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_CREDENTIAL_CACHE_SECS", default_value_t = 60)]
     pub credential_cache_secs: u64,
 
+    /// Tenants migrated at once by MigrateTenants and `tenantry migrate`.
+    #[arg(long, env = "TENANTRY_MIGRATE_WORKERS", default_value_t = 4)]
+    pub migrate_workers: usize,
+
+    /// The largest snapshot ImportTenant accepts, in bytes.
+    #[arg(long, env = "TENANTRY_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
+    pub max_import_bytes: u64,
+
     /// Seconds to wait for in-flight calls at shutdown before giving up on them.
     #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

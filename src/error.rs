@@ -36,6 +36,8 @@ pub enum Error {
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// An error shared by every waiter of one single-flight operation (moka
     /// hands each of them the same `Arc`).
     #[error("{0}")]
@@ -111,6 +113,7 @@ fn to_status(error: &Error) -> Status {
         Error::FailedPrecondition(message) => Status::failed_precondition(message.clone()),
         Error::Aborted(message) => Status::aborted(message.clone()),
         Error::Unavailable(message) => Status::unavailable(message.clone()),
+        Error::ResourceExhausted(message) => Status::resource_exhausted(message.clone()),
         Error::Shared(inner) => to_status(inner),
         Error::Internal { .. } => {
             tracing::error!(error = %error_chain(error), "internal error");

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Error, Result};
+pub use crate::pagination::Cursor;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
@@ -20,6 +21,7 @@ pub struct Item {
     pub create_time: Micros,
     pub update_time: Micros,
     pub revision: i64,
+    pub due_time: Option<Micros>,
 }
 
 impl Item {
@@ -76,6 +78,7 @@ pub struct NewItem {
     pub title: String,
     pub description: String,
     pub completed: bool,
+    pub due_time: Option<Micros>,
 }
 
 /// The fields an update changes; `None` leaves a field as it is.
@@ -84,32 +87,12 @@ pub struct ItemChanges {
     pub title: Option<String>,
     pub description: Option<String>,
     pub completed: Option<bool>,
+    /// `Some(None)` clears the due time.
+    pub due_time: Option<Option<Micros>>,
 }
 
-/// Where a page of items starts: after this (create_time, id).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub create_time: Micros,
-    pub id: Uuid,
-}
-
-impl Cursor {
-    pub fn to_bytes(self) -> Vec<u8> {
-        let mut bytes = self.create_time.to_be_bytes().to_vec();
-        bytes.extend_from_slice(self.id.as_bytes());
-        bytes
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (time, id) = bytes.split_at_checked(8)?;
-        Some(Cursor {
-            create_time: Micros::from_be_bytes(time.try_into().ok()?),
-            id: Uuid::from_slice(id).ok()?,
-        })
-    }
-}
-
-const COLUMNS: &str = "id, title, description, completed, create_time, update_time, revision";
+const COLUMNS: &str =
+    "id, title, description, completed, create_time, update_time, revision, due_time";
 
 fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
     let id: String = row.get(0)?;
@@ -123,6 +106,7 @@ fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         create_time: row.get(4)?,
         update_time: row.get(5)?,
         revision: row.get(6)?,
+        due_time: row.get(7)?,
     })
 }
 
@@ -136,9 +120,10 @@ pub fn insert(tx: &Transaction<'_>, new: NewItem) -> Result<Item> {
         create_time: now,
         update_time: now,
         revision: 1,
+        due_time: new.due_time,
     };
     tx.prepare_cached(&format!(
-        "INSERT INTO items ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO items ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))
     .and_then(|mut statement| {
         statement.execute(params![
@@ -149,6 +134,7 @@ pub fn insert(tx: &Transaction<'_>, new: NewItem) -> Result<Item> {
             item.create_time,
             item.update_time,
             item.revision,
+            item.due_time,
         ])
     })
     .context(|| "inserting an item".into())?;
@@ -234,10 +220,14 @@ pub fn update(
     if let Some(completed) = changes.completed {
         item.completed = completed;
     }
+    if let Some(due_time) = changes.due_time {
+        item.due_time = due_time;
+    }
     item.update_time = now_micros().max(item.update_time);
     item.revision += 1;
     tx.prepare_cached(
-        "UPDATE items SET title = ?2, description = ?3, completed = ?4, update_time = ?5, revision = ?6
+        "UPDATE items SET title = ?2, description = ?3, completed = ?4, update_time = ?5,
+                          revision = ?6, due_time = ?7
          WHERE id = ?1",
     )
     .and_then(|mut statement| {
@@ -248,6 +238,7 @@ pub fn update(
             item.completed,
             item.update_time,
             item.revision,
+            item.due_time,
         ])
     })
     .context(|| format!("updating item {id}"))?;
@@ -323,17 +314,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn cursors_round_trip_and_reject_wrong_lengths() {
-        let cursor = Cursor {
-            create_time: 1_700_000_000_000_000,
-            id: Uuid::now_v7(),
-        };
-        assert_eq!(Cursor::from_bytes(&cursor.to_bytes()), Some(cursor));
-        assert_eq!(Cursor::from_bytes(&cursor.to_bytes()[..23]), None);
-        assert_eq!(Cursor::from_bytes(&[0; 25]), None);
     }
 
     #[test]

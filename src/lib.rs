@@ -34,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod data_dir;
 pub mod error;
+pub mod fault;
 pub mod ids;
 pub mod items;
 pub mod pagination;

@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (the default).
     Serve(Config),
+    /// Bring every tenant database to this binary's schema version, with the
+    /// server stopped. A running server does the same with MigrateTenants.
+    Migrate(Config),
 }
 
 fn main() -> ExitCode {
@@ -32,15 +35,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    let config = match cli.command {
-        Some(Command::Serve(config)) => config,
-        None => cli.serve,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    match runtime.block_on(serve(config)) {
+    let ran = match cli.command {
+        Some(Command::Serve(config)) => runtime.block_on(serve(config)),
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
@@ -54,4 +58,45 @@ async fn serve(config: Config) -> tenantry::error::Result<()> {
     let app = Application::build(config).await?;
     tracing::info!(address = %app.local_addr(), data_dir = %data_dir.display(), "tenantry is serving");
     app.run_until(tenantry::shutdown::signal()).await
+}
+
+/// `tenantry migrate`: one line per tenant on stdout, a summary at the end,
+/// and a failing exit status if any tenant could not be migrated.
+async fn migrate(config: Config) -> tenantry::error::Result<()> {
+    let workers = config.migrate_workers;
+    let data = tokio::task::spawn_blocking(move || tenantry::server::OpenData::open(&config))
+        .await
+        .expect("opening the data directory does not panic")?;
+    let (reports, mut received) = tokio::sync::mpsc::channel(64);
+    let registry = data.registry.clone();
+    let running = tokio::spawn(async move { registry.migrate_all(workers, reports).await });
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while let Some(report) = received.recv().await {
+        match &report.result {
+            Ok(()) => {
+                ok += 1;
+                println!(
+                    "{} migrated from version {} to {}",
+                    report.tenant_id, report.from_version, report.to_version
+                );
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "{} FAILED at version {}: {}",
+                    report.tenant_id,
+                    report.from_version,
+                    tenantry::error::error_chain(error)
+                );
+            }
+        }
+    }
+    running.await.expect("the migration does not panic")?;
+    println!("{ok} tenants migrated, {failed} failed");
+    if failed > 0 {
+        return Err(tenantry::error::Error::FailedPrecondition(format!(
+            "{failed} tenants could not be migrated; see the lines above"
+        )));
+    }
+    Ok(())
 }

@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::api::{items::ItemApi, tenants::TenantApi};
+use crate::api::items::ItemApi;
+use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -22,7 +23,7 @@ use crate::pb::{
 };
 use crate::routing::AdmissionLayer;
 use crate::sqlite::{PoolSettings, run_blocking};
-use crate::tenant::{Registry, RegistrySettings};
+use crate::tenant::{Lifecycle, Registry, RegistrySettings};
 
 /// File descriptors kept free for the listener, client connections and the
 /// catalog, beyond those of open tenants.
@@ -35,32 +36,32 @@ const FDS_PER_CONNECTION: u64 = 3;
 pub struct Application {
     listener: TcpListener,
     config: Config,
-    catalog: Catalog,
     registry: Registry,
     auth: Authenticator,
+    _lock: std::fs::File,
 }
 
-impl Application {
-    /// Opens the data directory and the catalog, recovers from any crash,
-    /// loads the admin token and binds the listen address.
-    pub async fn build(config: Config) -> Result<Self> {
-        check_file_limit(&config)?;
-        let setup = config.clone();
-        let (catalog, data_dir, admin_token) = run_blocking(move || {
-            let data_dir = DataDir::create(&setup.data_dir)?;
-            let catalog_pool = PoolSettings::new(4, 2048, setup.busy_timeout());
-            let catalog = Catalog::open(&data_dir, &catalog_pool)?;
-            let token = auth::admin_token(
-                setup.admin_token.as_ref(),
-                setup.admin_token_file.as_deref(),
-                &data_dir,
-            )?;
-            Ok((catalog, data_dir, token))
-        })
-        .await?;
+/// The data directory opened for use: locked, catalog migrated, crashes
+/// recovered from. What the server and the offline commands start from.
+pub struct OpenData {
+    pub data_dir: DataDir,
+    pub catalog: Catalog,
+    pub registry: Registry,
+    lock: std::fs::File,
+}
+
+impl OpenData {
+    /// Locks the data directory, opens and migrates the catalog, and
+    /// finishes or rolls back whatever a crash interrupted. Blocking.
+    pub fn open(config: &Config) -> Result<Self> {
+        let data_dir = DataDir::create(&config.data_dir)?;
+        let lock = data_dir.lock()?;
+        let catalog_pool = PoolSettings::new(4, 2048, config.busy_timeout());
+        let catalog = Catalog::open(&data_dir, &catalog_pool)?;
+        crate::tenant::recover(&catalog, &data_dir)?;
         let registry = Registry::new(
             catalog.clone(),
-            data_dir,
+            data_dir.clone(),
             RegistrySettings {
                 max_open: config.max_open_tenants,
                 idle: config.tenant_idle(),
@@ -71,16 +72,45 @@ impl Application {
                 ),
             },
         );
-        let auth = Authenticator::new(&admin_token, catalog.clone(), config.credential_cache_ttl());
+        Ok(OpenData {
+            data_dir,
+            catalog,
+            registry,
+            lock,
+        })
+    }
+}
+
+impl Application {
+    /// Opens the data directory and the catalog, recovers from any crash,
+    /// loads the admin token and binds the listen address.
+    pub async fn build(config: Config) -> Result<Self> {
+        check_file_limit(&config)?;
+        let setup = config.clone();
+        let (data, admin_token) = run_blocking(move || {
+            let data = OpenData::open(&setup)?;
+            let token = auth::admin_token(
+                setup.admin_token.as_ref(),
+                setup.admin_token_file.as_deref(),
+                &data.data_dir,
+            )?;
+            Ok((data, token))
+        })
+        .await?;
+        let auth = Authenticator::new(
+            &admin_token,
+            data.catalog.clone(),
+            config.credential_cache_ttl(),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .context(|| format!("binding {}", config.listen))?;
         Ok(Application {
             listener,
             config,
-            catalog,
-            registry,
+            registry: data.registry,
             auth,
+            _lock: data.lock,
         })
     }
 
@@ -104,10 +134,15 @@ impl Application {
         let Application {
             listener,
             config,
-            catalog,
             registry,
             auth,
+            _lock,
         } = self;
+        let admin_settings = AdminSettings {
+            migrate_workers: config.migrate_workers,
+            max_import_bytes: config.max_import_bytes,
+        };
+        let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ItemServiceServer<ItemApi>>().await;
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
@@ -143,8 +178,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TenantServiceServer::new(TenantApi::new(
-                catalog,
-                registry.clone(),
+                lifecycle,
+                admin_settings,
             )))
             .add_service(ItemServiceServer::new(ItemApi::new(registry.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);

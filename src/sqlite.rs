@@ -18,7 +18,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use scheduled_thread_pool::ScheduledThreadPool;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Context, Error, Result};
 
@@ -73,10 +73,32 @@ const EXISTING: OpenFlags =
 
 pub struct Database {
     path: PathBuf,
-    pool: Pool<SqliteConnectionManager>,
+    /// `None` once the database is retired; see [`Database::retire`].
+    pool: std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>,
+    connections: u32,
+    /// One permit per connection: the calls running on this database.
+    /// Closed when it is retired.
     readers: Arc<Semaphore>,
     writer: Arc<Mutex<()>>,
 }
+
+/// The right to run one read on a database, taken in async code before any
+/// work is handed to a blocking thread.
+pub struct ReadTurn {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The right to run one write: the database's single writer slot, plus a
+/// connection permit.
+pub struct WriteTurn {
+    permit: OwnedSemaphorePermit,
+    turn: OwnedMutexGuard<()>,
+}
+
+/// The database was retired (deleted, or replaced by a restore) while the
+/// call waited for it: the caller should look the tenant up again.
+#[derive(Debug)]
+pub struct Retired;
 
 impl Database {
     /// Opens an existing database file. No connection is made yet; a missing
@@ -102,7 +124,8 @@ impl Database {
             .build_unchecked(manager);
         Ok(Database {
             path: path.to_owned(),
-            pool,
+            pool: std::sync::Mutex::new(Some(pool)),
+            connections: settings.connections,
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writer: Arc::new(Mutex::new(())),
         })
@@ -137,28 +160,45 @@ impl Database {
         &self.path
     }
 
+    fn pool(&self) -> Result<Pool<SqliteConnectionManager>> {
+        self.pool
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .clone()
+            .ok_or_else(|| Error::Unavailable("the database was closed; retry the call".into()))
+    }
+
+    /// Waits for a read turn; `Err(Retired)` if the database was retired.
+    pub async fn read_turn(&self) -> Result<ReadTurn, Retired> {
+        let permit = self
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Retired)?;
+        Ok(ReadTurn { _permit: permit })
+    }
+
+    /// Waits for a write turn; `Err(Retired)` if the database was retired.
+    pub async fn write_turn(&self) -> Result<WriteTurn, Retired> {
+        let turn = self.writer.clone().lock_owned().await;
+        let permit = self
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Retired)?;
+        Ok(WriteTurn { permit, turn })
+    }
+
     /// Runs `f` on a connection of this database, on a blocking thread.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let permit = self
-            .readers
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let pool = self.pool.clone();
-        run_blocking(move || {
-            let conn = pool
-                .get()
-                .context(|| "taking a database connection".into())?;
-            let result = f(&conn);
-            drop(permit);
-            result
-        })
-        .await
+        let turn = self.read_turn().await.map_err(retired)?;
+        self.read_in(turn, f).await
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committed when `f`
@@ -168,20 +208,45 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
-        let turn = self.writer.clone().lock_owned().await;
-        let permit = self
-            .readers
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let pool = self.pool.clone();
+        let turn = self.write_turn().await.map_err(retired)?;
+        self.write_in(turn, f).await
+    }
+
+    /// [`Database::read`] with a turn already taken.
+    pub async fn read_in<T, F>(&self, turn: ReadTurn, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool()?;
         run_blocking(move || {
-            let mut conn = pool
+            let result = pool
                 .get()
-                .context(|| "taking a database connection".into())?;
-            let result = write_now(&mut conn, f);
-            drop((permit, turn));
+                .context(|| "taking a database connection".into())
+                .and_then(|conn| f(&conn));
+            // The connection is back in the pool before the turn ends, so a
+            // retire that holds every turn knows no connection is in use.
+            drop(pool);
+            drop(turn);
+            result
+        })
+        .await
+    }
+
+    /// [`Database::write`] with a turn already taken.
+    pub async fn write_in<T, F>(&self, turn: WriteTurn, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool()?;
+        run_blocking(move || {
+            let result = pool
+                .get()
+                .context(|| "taking a database connection".into())
+                .and_then(|mut conn| write_now(&mut conn, f));
+            drop(pool);
+            drop((turn.permit, turn.turn));
             result
         })
         .await
@@ -191,11 +256,44 @@ impl Database {
     /// other work that is already off the async threads.
     pub fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self
-            .pool
+            .pool()?
             .get()
             .context(|| "taking a database connection".into())?;
         f(&mut conn)
     }
+
+    /// Stops this database for good: waits until the calls already running
+    /// on it are done, refuses the ones still waiting (they get [`Retired`]
+    /// and look the tenant up again), and closes every connection, which
+    /// checkpoints the WAL. Afterwards nothing in this process has the file
+    /// open through this handle, so it can be moved or replaced.
+    pub async fn retire(&self) {
+        // The semaphore is fair: this waits behind the calls already queued,
+        // and every call queued after it is refused.
+        if let Ok(all) = self.readers.acquire_many(self.connections).await {
+            self.readers.close();
+            drop(all);
+        }
+        let pool = self
+            .pool
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .take();
+        if let Some(pool) = pool {
+            run_blocking(move || {
+                drop(pool);
+                Ok(())
+            })
+            .await
+            .ok();
+        }
+    }
+}
+
+fn retired(_: Retired) -> Error {
+    Error::Unavailable(
+        "the tenant's database was closed while the call waited; retry the call".into(),
+    )
 }
 
 fn write_now<T>(conn: &mut Connection, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {

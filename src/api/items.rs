@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::clock::to_timestamp;
+use crate::clock::{Micros, from_timestamp, to_timestamp};
 use crate::error::{Error, Result};
 use crate::ids::parse_canonical_uuid;
 use crate::items::{self, Cursor, Item, ItemChanges, NewItem, check_description, check_title};
@@ -30,7 +30,24 @@ fn to_pb(item: &Item) -> pb::Item {
         create_time: Some(to_timestamp(item.create_time)),
         update_time: Some(to_timestamp(item.update_time)),
         etag: item.etag(),
+        due_time: item.due_time.map(to_timestamp),
     }
+}
+
+fn due_time(
+    field: &'static str,
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<Option<Micros>> {
+    timestamp
+        .map(|t| {
+            from_timestamp(t).ok_or_else(|| {
+                Error::invalid(
+                    field,
+                    "must be a valid timestamp between 0001-01-01 and 9999-12-31",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// The scope a ListItems page token is valid in: this tenant, this filter.
@@ -57,12 +74,15 @@ impl ItemService for ItemApi {
         check_title("item.title", &item.title)?;
         check_description("item.description", &item.description)?;
         let new = NewItem {
+            due_time: due_time("item.due_time", item.due_time.as_ref())?,
             title: item.title,
             description: item.description,
             completed: item.completed,
         };
-        let db = self.registry.get(tenant.id).await?;
-        let created = db.write(move |tx| items::insert(tx, new)).await?;
+        let created = self
+            .registry
+            .write(tenant.id, move |tx| items::insert(tx, new))
+            .await?;
         Ok(Response::new(to_pb(&created)))
     }
 
@@ -72,8 +92,10 @@ impl ItemService for ItemApi {
     ) -> Result<Response<pb::Item>, Status> {
         let tenant = verified_tenant(&request)?;
         let id = parse_canonical_uuid("id", &request.get_ref().id)?;
-        let db = self.registry.get(tenant.id).await?;
-        let item = db.read(move |conn| items::get(conn, id)).await?;
+        let item = self
+            .registry
+            .read(tenant.id, move |conn| items::get(conn, id))
+            .await?;
         let item = item.ok_or_else(|| Error::NotFound(format!("item {id} does not exist")))?;
         Ok(Response::new(to_pb(&item)))
     }
@@ -96,9 +118,11 @@ impl ItemService for ItemApi {
             })?),
         };
         let completed = query.completed;
-        let db = self.registry.get(tenant.id).await?;
-        let mut page = db
-            .read(move |conn| items::list(conn, completed, after, page_size + 1))
+        let mut page = self
+            .registry
+            .read(tenant.id, move |conn| {
+                items::list(conn, completed, after, page_size + 1)
+            })
             .await?;
         let next_page_token = if page.len() > page_size {
             page.truncate(page_size);
@@ -131,9 +155,11 @@ impl ItemService for ItemApi {
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
         let expected_etag = (!item.etag.is_empty()).then(|| item.etag.clone());
         let changes = changes_from(item, &paths)?;
-        let db = self.registry.get(tenant.id).await?;
-        let updated = db
-            .write(move |tx| items::update(tx, id, changes, expected_etag.as_deref()))
+        let updated = self
+            .registry
+            .write(tenant.id, move |tx| {
+                items::update(tx, id, changes, expected_etag.as_deref())
+            })
             .await?;
         Ok(Response::new(to_pb(&updated)))
     }
@@ -144,8 +170,9 @@ impl ItemService for ItemApi {
     ) -> Result<Response<()>, Status> {
         let tenant = verified_tenant(&request)?;
         let id = parse_canonical_uuid("id", &request.get_ref().id)?;
-        let db = self.registry.get(tenant.id).await?;
-        db.write(move |tx| items::delete(tx, id)).await?;
+        self.registry
+            .write(tenant.id, move |tx| items::delete(tx, id))
+            .await?;
         Ok(Response::new(()))
     }
 }
@@ -155,18 +182,20 @@ impl ItemService for ItemApi {
 /// a non-default value.
 fn changes_from(item: pb::Item, paths: &[String]) -> Result<ItemChanges> {
     const FIELD: &str = "update_mask";
-    let (mut title, mut description, mut completed) = (false, false, false);
+    let (mut title, mut description, mut completed, mut due) = (false, false, false, false);
     if paths.is_empty() {
         title = !item.title.is_empty();
         description = !item.description.is_empty();
         completed = item.completed;
+        due = item.due_time.is_some();
     }
     for path in paths {
         match path.as_str() {
-            "*" => (title, description, completed) = (true, true, true),
+            "*" => (title, description, completed, due) = (true, true, true, true),
             "title" => title = true,
             "description" => description = true,
             "completed" => completed = true,
+            "due_time" => due = true,
             "id" | "create_time" | "update_time" | "etag" => {
                 return Err(Error::invalid(
                     FIELD,
@@ -177,13 +206,13 @@ fn changes_from(item: pb::Item, paths: &[String]) -> Result<ItemChanges> {
                 return Err(Error::invalid(
                     FIELD,
                     format!(
-                        "{other:?} is not a field of Item: use title, description, completed or *"
+                        "{other:?} is not a field of Item: use title, description, completed, due_time or *"
                     ),
                 ));
             }
         }
     }
-    if !(title || description || completed) {
+    if !(title || description || completed || due) {
         return Err(Error::invalid(
             FIELD,
             "names no field to update: set update_mask or a field's new value",
@@ -195,7 +224,13 @@ fn changes_from(item: pb::Item, paths: &[String]) -> Result<ItemChanges> {
     if description {
         check_description("item.description", &item.description)?;
     }
+    let due_time = if due {
+        Some(due_time("item.due_time", item.due_time.as_ref())?)
+    } else {
+        None
+    };
     Ok(ItemChanges {
+        due_time,
         title: title.then_some(item.title),
         description: description.then_some(item.description),
         completed: completed.then_some(item.completed),

@@ -1,15 +1,22 @@
 //! `tenantry.v1.TenantService`: the admin API over tenants and their keys.
 
-use tonic::{Request, Response, Status};
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
 use crate::clock::{now_micros, to_timestamp};
-use crate::error::{Error, Result};
-use crate::ids::{TenantId, TenantName};
-use crate::pagination;
+use crate::data_dir::DataDir;
+use crate::error::{Context, Error, Result};
+use crate::ids::{TenantId, TenantName, parse_canonical_uuid};
+use crate::pagination::{self, Cursor};
 use crate::pb::{self, tenant_service_server::TenantService};
-use crate::tenant::Registry;
+use crate::sqlite::run_blocking;
+use crate::tenant::lifecycle::{Lifecycle, Restored, Snapshot, TenantChanges};
+use crate::tenant::migrate::MigrationReport;
 
 const MAX_DISPLAY_NAME_CHARS: usize = 200;
 const MAX_KEY_DESCRIPTION_CHARS: usize = 200;
@@ -17,14 +24,31 @@ const LIST_SCOPE: &[u8] = b"tenants/by-name";
 
 pub struct TenantApi {
     catalog: Catalog,
-    registry: Registry,
+    lifecycle: Lifecycle,
+    settings: AdminSettings,
+}
+
+/// Limits of the admin API.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Tenants migrated at once by MigrateTenants.
+    pub migrate_workers: usize,
+    /// The largest snapshot ImportTenant accepts.
+    pub max_import_bytes: u64,
 }
 
 impl TenantApi {
-    pub fn new(catalog: Catalog, registry: Registry) -> Self {
-        TenantApi { catalog, registry }
+    pub fn new(lifecycle: Lifecycle, settings: AdminSettings) -> Self {
+        TenantApi {
+            catalog: lifecycle.registry().catalog().clone(),
+            lifecycle,
+            settings,
+        }
     }
 }
+
+/// Bytes per ExportTenant message: well under the 4 MiB message limit.
+const EXPORT_CHUNK: usize = 256 * 1024;
 
 fn to_pb(tenant: &TenantRecord) -> pb::Tenant {
     let state = match tenant.state {
@@ -68,10 +92,12 @@ impl TenantService for TenantApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        let tenant = request
-            .into_inner()
-            .tenant
-            .ok_or_else(|| Error::invalid("tenant", "is required"))?;
+        let pb::CreateTenantRequest {
+            tenant,
+            source_tenant_id,
+        } = request.into_inner();
+        let tenant = tenant.ok_or_else(|| Error::invalid("tenant", "is required"))?;
+        let source = request_source(&source_tenant_id)?;
         let name = TenantName::parse("tenant.name", &tenant.name)?;
         check_label(
             "tenant.display_name",
@@ -79,10 +105,10 @@ impl TenantService for TenantApi {
             MAX_DISPLAY_NAME_CHARS,
         )?;
         let created = self
-            .registry
-            .create_tenant(name, tenant.display_name)
+            .lifecycle
+            .create_tenant(name, tenant.display_name, source)
             .await?;
-        tracing::info!(tenant = %created.id, name = created.name, "created tenant");
+        tracing::info!(tenant = %created.id, name = created.name, source = ?source, "created tenant");
         Ok(Response::new(to_pb(&created)))
     }
 
@@ -147,6 +173,7 @@ impl TenantService for TenantApi {
             description: query.description,
             secret_sha256: new.secret_sha256,
             create_time: now_micros(),
+            revoke_time: None,
         };
         let row = record.clone();
         self.catalog
@@ -175,6 +202,527 @@ impl TenantService for TenantApi {
             description: record.description,
             secret: new.token.expose().to_owned(),
             create_time: Some(to_timestamp(record.create_time)),
+            revoke_time: None,
         }))
     }
+
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let pb::UpdateTenantRequest {
+            tenant,
+            update_mask,
+        } = request.into_inner();
+        let tenant = tenant.ok_or_else(|| Error::invalid("tenant", "is required"))?;
+        let id = TenantId::parse("tenant.id", &tenant.id)?;
+        let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
+        let changes = tenant_changes(tenant, &paths)?;
+        let updated = self.lifecycle.update_tenant(id, changes).await?;
+        tracing::info!(tenant = %id, state = updated.state.as_str(), "updated tenant");
+        Ok(Response::new(to_pb(&updated)))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<()>, Status> {
+        let query = request.into_inner();
+        let id = TenantId::parse("id", &query.id)?;
+        self.lifecycle.delete_tenant(id, query.purge).await?;
+        tracing::info!(tenant = %id, purge = query.purge, "deleted tenant");
+        Ok(Response::new(()))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let query = request.into_inner();
+        let tenant_id = TenantId::parse("tenant_id", &query.tenant_id)?;
+        let page_size = pagination::page_size(query.page_size)?;
+        let scope = format!("keys/{tenant_id}").into_bytes();
+        let after = match pagination::decode(&scope, &query.page_token)? {
+            None => None,
+            Some(bytes) => Some(Cursor::from_bytes(&bytes).ok_or_else(|| {
+                Error::invalid(
+                    "page_token",
+                    "is damaged: pass the next_page_token of the previous page unchanged",
+                )
+            })?),
+        };
+        let mut page = self
+            .catalog
+            .read(move |conn| {
+                match store::get_tenant(conn, tenant_id)? {
+                    Some(tenant) if tenant.state.is_visible() => {}
+                    _ => return Err(tenant_not_found(tenant_id)),
+                }
+                store::list_api_keys(
+                    conn,
+                    tenant_id,
+                    after.map(|c| (c.create_time, c.id)),
+                    page_size + 1,
+                )
+            })
+            .await?;
+        let next_page_token = if page.len() > page_size {
+            page.truncate(page_size);
+            let last = page.last().expect("a full page has a last key");
+            let cursor = Cursor {
+                create_time: last.create_time,
+                id: last.id,
+            };
+            pagination::encode(&scope, &cursor.to_bytes())
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: page.iter().map(key_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let id = parse_canonical_uuid("id", &request.get_ref().id)?;
+        let key = self.lifecycle.revoke_api_key(id).await?;
+        tracing::info!(tenant = %key.tenant_id, key_id = %id, "revoked api key");
+        Ok(Response::new(key_to_pb(&key)))
+    }
+
+    type MigrateTenantsStream = ReceiverStream<Result<pb::MigrateTenantsResponse, Status>>;
+
+    async fn migrate_tenants(
+        &self,
+        _request: Request<pb::MigrateTenantsRequest>,
+    ) -> Result<Response<Self::MigrateTenantsStream>, Status> {
+        let (reports, mut received) = mpsc::channel::<MigrationReport>(64);
+        let (answers, stream) = mpsc::channel(64);
+        let registry = self.lifecycle.registry().clone();
+        let workers = self.settings.migrate_workers;
+        let catalog = self.catalog.clone();
+        tokio::spawn(async move {
+            let forward = async {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while let Some(report) = received.recv().await {
+                    if report.result.is_ok() {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    if answers.send(Ok(report_to_pb(report))).await.is_err() {
+                        break;
+                    }
+                }
+                (ok, failed)
+            };
+            let (migrated, (ok, failed)) =
+                tokio::join!(registry.migrate_all(workers, reports), forward);
+            let outcome = match &migrated {
+                Ok(()) => format!("{ok} ok, {failed} failed"),
+                Err(_) => format!("{ok} ok, {failed} failed, then stopped by an error"),
+            };
+            tracing::info!(ok, failed, "migrated tenants");
+            if let Err(error) = migrated {
+                answers.send(Err(error.into())).await.ok();
+            }
+            catalog
+                .write(move |tx| {
+                    store::record_admin_event(
+                        tx,
+                        &store::AdminEvent {
+                            time: now_micros(),
+                            actor: "admin",
+                            action: "MigrateTenants",
+                            target: "tenants",
+                            outcome: &outcome,
+                        },
+                    )
+                })
+                .await
+                .inspect_err(|e| tracing::error!(error = %crate::error::error_chain(e), "could not audit a migration"))
+                .ok();
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn backup_tenant(
+        &self,
+        request: Request<pb::BackupTenantRequest>,
+    ) -> Result<Response<pb::Backup>, Status> {
+        let id = TenantId::parse("id", &request.get_ref().id)?;
+        let snapshot = self.lifecycle.backup(id).await?;
+        let path = self
+            .lifecycle
+            .registry()
+            .data_dir()
+            .relative(&snapshot.path)
+            .display()
+            .to_string();
+        tracing::info!(tenant = %id, path, size = snapshot.summary.size_bytes, "backed up tenant");
+        Ok(Response::new(backup_to_pb(&snapshot, path)))
+    }
+
+    type ExportTenantStream = ReceiverStream<Result<pb::ExportTenantResponse, Status>>;
+
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportTenantRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, Status> {
+        let id = TenantId::parse("id", &request.get_ref().id)?;
+        let snapshot = self.lifecycle.snapshot(id).await?;
+        let header = backup_to_pb(&snapshot, String::new());
+        let path = snapshot.path.clone();
+        self.catalog
+            .write(move |tx| {
+                store::record_admin_event(
+                    tx,
+                    &store::AdminEvent {
+                        time: now_micros(),
+                        actor: "admin",
+                        action: "ExportTenant",
+                        target: &format!("tenants/{id}"),
+                        outcome: "ok",
+                    },
+                )
+            })
+            .await?;
+        let (answers, stream) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let sent = stream_file(&path, header, &answers).await;
+            if let Err(error) = sent {
+                answers.send(Err(error.into())).await.ok();
+            }
+            tokio::fs::remove_file(&path).await.ok();
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn restore_tenant(
+        &self,
+        request: Request<pb::RestoreTenantRequest>,
+    ) -> Result<Response<pb::RestoreTenantResponse>, Status> {
+        let query = request.into_inner();
+        let id = TenantId::parse("id", &query.id)?;
+        let Some(pb::restore_tenant_request::Source::BackupPath(backup_path)) = query.source else {
+            return Err(Error::invalid("source", "is required: set backup_path").into());
+        };
+        let data_dir = self.lifecycle.registry().data_dir().clone();
+        let staged = run_blocking(move || {
+            let source = resolve_backup_path(&data_dir, &backup_path)?;
+            let staged = data_dir.staging_file("restore");
+            std::fs::copy(&source, &staged).context(|| format!("copying {}", source.display()))?;
+            Ok(staged)
+        })
+        .await?;
+        let restored = self.lifecycle.restore(id, staged, "RestoreTenant").await?;
+        tracing::info!(tenant = %id, sha256 = restored.sha256, "restored tenant");
+        Ok(Response::new(restored_to_pb(&restored)))
+    }
+
+    async fn import_tenant(
+        &self,
+        request: Request<Streaming<pb::ImportTenantRequest>>,
+    ) -> Result<Response<pb::RestoreTenantResponse>, Status> {
+        let mut upload = request.into_inner();
+        let data_dir = self.lifecycle.registry().data_dir().clone();
+        let staged = data_dir.staging_file("import");
+        let received = receive_upload(&mut upload, &staged, self.settings.max_import_bytes).await;
+        let (id, _) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                tokio::fs::remove_file(&staged).await.ok();
+                return Err(error.into());
+            }
+        };
+        let restored = self.lifecycle.restore(id, staged, "ImportTenant").await?;
+        tracing::info!(tenant = %id, sha256 = restored.sha256, "imported tenant");
+        Ok(Response::new(restored_to_pb(&restored)))
+    }
+}
+
+fn request_source(source_tenant_id: &str) -> Result<Option<TenantId>> {
+    if source_tenant_id.is_empty() {
+        Ok(None)
+    } else {
+        TenantId::parse("source_tenant_id", source_tenant_id).map(Some)
+    }
+}
+
+/// The changes an UpdateTenant asks for (AIP-134), as for UpdateItem.
+fn tenant_changes(tenant: pb::Tenant, paths: &[String]) -> Result<TenantChanges> {
+    const FIELD: &str = "update_mask";
+    let (mut display_name, mut state) = (false, false);
+    if paths.is_empty() {
+        display_name = !tenant.display_name.is_empty();
+        state = tenant.state != pb::TenantState::Unspecified as i32;
+    }
+    for path in paths {
+        match path.as_str() {
+            "*" => (display_name, state) = (true, true),
+            "display_name" => display_name = true,
+            "state" => state = true,
+            "id" | "name" | "create_time" | "update_time" => {
+                return Err(Error::invalid(FIELD, format!("{path:?} cannot be changed")));
+            }
+            other => {
+                return Err(Error::invalid(
+                    FIELD,
+                    format!("{other:?} is not a field of Tenant: use display_name, state or *"),
+                ));
+            }
+        }
+    }
+    if !(display_name || state) {
+        return Err(Error::invalid(
+            FIELD,
+            "names no field to update: set update_mask or a field's new value",
+        ));
+    }
+    if display_name {
+        check_label(
+            "tenant.display_name",
+            &tenant.display_name,
+            MAX_DISPLAY_NAME_CHARS,
+        )?;
+    }
+    let state = if state {
+        Some(match pb::TenantState::try_from(tenant.state) {
+            Ok(pb::TenantState::Active) => TenantState::Active,
+            Ok(pb::TenantState::Suspended) => TenantState::Suspended,
+            _ => {
+                return Err(Error::invalid(
+                    "tenant.state",
+                    "must be TENANT_STATE_ACTIVE or TENANT_STATE_SUSPENDED",
+                ));
+            }
+        })
+    } else {
+        None
+    };
+    Ok(TenantChanges {
+        display_name: display_name.then_some(tenant.display_name),
+        state,
+    })
+}
+
+fn key_to_pb(key: &ApiKeyRecord) -> pb::ApiKey {
+    pb::ApiKey {
+        id: key.id.hyphenated().to_string(),
+        tenant_id: key.tenant_id.to_string(),
+        description: key.description.clone(),
+        secret: String::new(),
+        create_time: Some(to_timestamp(key.create_time)),
+        revoke_time: key.revoke_time.map(to_timestamp),
+    }
+}
+
+fn report_to_pb(report: MigrationReport) -> pb::MigrateTenantsResponse {
+    let (ok, error_code, error_message) = match report.result {
+        Ok(()) => (true, String::new(), String::new()),
+        Err(error) => {
+            let status = Status::from(error);
+            (false, code_name(status.code()), status.message().to_owned())
+        }
+    };
+    pb::MigrateTenantsResponse {
+        tenant_id: report.tenant_id.to_string(),
+        from_version: report.from_version,
+        to_version: report.to_version,
+        ok,
+        error_code,
+        error_message,
+    }
+}
+
+/// A status code as gRPC names it: `FAILED_PRECONDITION`.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+fn backup_to_pb(snapshot: &Snapshot, path: String) -> pb::Backup {
+    pb::Backup {
+        tenant_id: snapshot.tenant_id.to_string(),
+        path,
+        size_bytes: snapshot.summary.size_bytes,
+        sha256: snapshot.summary.sha256.clone(),
+        schema_version: snapshot.summary.schema_version,
+        create_time: Some(to_timestamp(snapshot.time)),
+    }
+}
+
+fn restored_to_pb(restored: &Restored) -> pb::RestoreTenantResponse {
+    pb::RestoreTenantResponse {
+        tenant_id: restored.tenant_id.to_string(),
+        from_version: restored.migrated.from,
+        to_version: restored.migrated.to,
+        size_bytes: restored.size_bytes,
+        sha256: restored.sha256.clone(),
+    }
+}
+
+/// Sends `header`, then the file's bytes in chunks.
+async fn stream_file(
+    path: &Path,
+    header: pb::Backup,
+    answers: &mpsc::Sender<Result<pb::ExportTenantResponse, Status>>,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .context(|| format!("opening {}", path.display()))?;
+    let mut header = Some(header);
+    loop {
+        let mut chunk = vec![0u8; EXPORT_CHUNK];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            let read = file
+                .read(&mut chunk[filled..])
+                .await
+                .context(|| format!("reading {}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        chunk.truncate(filled);
+        if filled == 0 && header.is_none() {
+            return Ok(());
+        }
+        let message = pb::ExportTenantResponse {
+            backup: header.take(),
+            chunk,
+        };
+        if answers.send(Ok(message)).await.is_err() {
+            // The client went away.
+            return Ok(());
+        }
+        if filled < EXPORT_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes an ImportTenant upload to `staged`, checking its size and, when
+/// given, its SHA-256. Returns the tenant it is for and the digest.
+async fn receive_upload(
+    upload: &mut Streaming<pb::ImportTenantRequest>,
+    staged: &Path,
+    max_bytes: u64,
+) -> Result<(TenantId, String)> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let first = upload
+        .message()
+        .await
+        .map_err(|status| {
+            Error::invalid("chunk", format!("the upload failed: {}", status.message()))
+        })?
+        .ok_or_else(|| Error::invalid("id", "is required in the first message"))?;
+    let id = TenantId::parse("id", &first.id)?;
+    let expected = first.sha256.to_ascii_lowercase();
+    if !expected.is_empty()
+        && (expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::invalid("sha256", "must be 64 hex digits when set"));
+    }
+    let mut file = tokio::fs::File::create(staged)
+        .await
+        .context(|| format!("creating {}", staged.display()))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut next = Some(first);
+    while let Some(message) = next {
+        if !message.id.is_empty() && message.id != id.to_string() {
+            return Err(Error::invalid(
+                "id",
+                "must be empty or the same in every message of an upload",
+            ));
+        }
+        size += message.chunk.len() as u64;
+        if size > max_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the upload is larger than the {max_bytes} bytes this server accepts (--max-import-bytes)"
+            )));
+        }
+        hasher.update(&message.chunk);
+        file.write_all(&message.chunk)
+            .await
+            .context(|| format!("writing {}", staged.display()))?;
+        next = upload.message().await.map_err(|status| {
+            Error::invalid("chunk", format!("the upload failed: {}", status.message()))
+        })?;
+    }
+    file.sync_all()
+        .await
+        .context(|| format!("syncing {}", staged.display()))?;
+    let digest = hex::encode(hasher.finalize());
+    if !expected.is_empty() && expected != digest {
+        return Err(Error::invalid(
+            "sha256",
+            format!(
+                "does not match the upload (received {size} bytes with SHA-256 {digest}): nothing was changed"
+            ),
+        ));
+    }
+    Ok((id, digest))
+}
+
+/// The file a RestoreTenant `backup_path` names, which must lie inside the
+/// data directory's backups folder (symbolic links included). Blocking.
+fn resolve_backup_path(data_dir: &DataDir, text: &str) -> Result<PathBuf> {
+    const FIELD: &str = "backup_path";
+    let outside = || {
+        Error::invalid(
+            FIELD,
+            "must name a file inside the backups folder of the data directory, such as backups/<tenant id>/<time>.db",
+        )
+    };
+    if text.is_empty() {
+        return Err(Error::invalid(FIELD, "is required"));
+    }
+    let given = Path::new(text);
+    if given
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(outside());
+    }
+    let root =
+        std::path::absolute(data_dir.root()).context(|| "resolving the data directory".into())?;
+    let path = if given.is_absolute() {
+        given.to_owned()
+    } else {
+        root.join(given)
+    };
+    let backups = root.join("backups");
+    if !path.starts_with(&backups) {
+        return Err(outside());
+    }
+    let real = match std::fs::canonicalize(&path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("backup {text} does not exist")));
+        }
+        Err(e) => return Err(e).context(|| format!("resolving {}", path.display())),
+    };
+    let real_backups =
+        std::fs::canonicalize(&backups).context(|| format!("resolving {}", backups.display()))?;
+    if !real.starts_with(&real_backups) {
+        return Err(outside());
+    }
+    if !real.is_file() {
+        return Err(Error::invalid(FIELD, "must name a file, not a folder"));
+    }
+    Ok(real)
 }

@@ -3,7 +3,8 @@
 
 use crate::schema::Migration;
 
-pub const CATALOG: &[Migration] = &[Migration {
+pub const CATALOG: &[Migration] = &[
+    Migration {
     description: "tenants, api keys and the admin audit trail",
     sql: "
         CREATE TABLE tenants (
@@ -39,4 +40,25 @@ pub const CATALOG: &[Migration] = &[Migration {
             outcome   TEXT NOT NULL
         ) STRICT;
     ",
-}];
+},
+    Migration {
+        description: "tenant operations in progress",
+        sql: "
+        -- A lifecycle operation that moves files (delete, purge, restore),
+        -- recorded before its first step and removed after its last, so that
+        -- start-up can finish whatever a crash interrupted. At most one per
+        -- tenant at a time.
+        CREATE TABLE tenant_operations (
+            tenant_id    TEXT PRIMARY KEY REFERENCES tenants (id),
+            kind         TEXT NOT NULL CHECK (kind IN ('delete', 'purge', 'restore')),
+            -- restore: the checked snapshot waiting in staging/ (a file name)
+            staging_file TEXT,
+            -- where the tenant's current file goes (a file name in trash/)
+            trash_file   TEXT,
+            start_time   INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX api_keys_tenant_created ON api_keys (tenant_id, create_time, id);
+        DROP INDEX api_keys_tenant;
+    ",
+    },
+];

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction};
 
-use crate::data_dir::{self, DataDir};
-use crate::error::Result;
+use crate::data_dir::DataDir;
+use crate::error::{Context, Result};
 use crate::schema;
 use crate::sqlite::{Database, PoolSettings};
 
-pub use store::{ApiKeyRecord, KeyGrant, TenantRecord, TenantState};
+pub use store::{ApiKeyRecord, KeyGrant, Operation, OperationKind, TenantRecord, TenantState};
 
 /// A cheap, clone-able handle on the catalog database.
 #[derive(Clone)]
@@ -26,8 +26,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Opens (creating if needed) and migrates the catalog, then finishes or
-    /// rolls back whatever a crash interrupted. Blocking; runs at start-up.
+    /// Opens (creating if needed) and migrates the catalog. Blocking; runs at
+    /// start-up, before [`crate::tenant::recover`].
     pub fn open(data_dir: &DataDir, settings: &PoolSettings) -> Result<Self> {
         let path = data_dir.catalog();
         if !path.exists() {
@@ -38,9 +38,7 @@ impl Catalog {
             crate::sqlite::set_wal(conn)?;
             schema::migrate(conn, migrations::CATALOG, "the catalog").map(|_| ())
         })?;
-        let catalog = Catalog { db: Arc::new(db) };
-        catalog.recover(data_dir)?;
-        Ok(catalog)
+        Ok(Catalog { db: Arc::new(db) })
     }
 
     pub async fn read<T, F>(&self, f: F) -> Result<T>
@@ -51,24 +49,31 @@ impl Catalog {
         self.db.read(f).await
     }
 
+    /// Runs `f` on a catalog connection now, on the calling thread: for work
+    /// that is already on a blocking thread.
+    pub fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.db.with_connection(|conn| f(conn))
+    }
+
+    /// Runs `f` in a write transaction now, on the calling thread: for
+    /// start-up recovery.
+    pub fn write_now<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        self.db.with_connection(|conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .context(|| "starting a catalog transaction".into())?;
+            let value = f(&tx)?;
+            tx.commit()
+                .context(|| "committing a catalog transaction".into())?;
+            Ok(value)
+        })
+    }
+
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
         self.db.write(f).await
-    }
-
-    /// Rolls back tenant creations that a crash cut short: the row never
-    /// turned active, so no client ever saw the tenant. Blocking.
-    fn recover(&self, data_dir: &DataDir) -> Result<()> {
-        self.db.with_connection(|conn| {
-            for tenant in store::tenants_in_state(conn, TenantState::Provisioning)? {
-                tracing::warn!(tenant = %tenant.id, name = tenant.name, "rolling back a tenant creation interrupted by a crash");
-                data_dir::remove_database_files(&data_dir.tenant_file(tenant.id))?;
-                store::delete_tenant_row(conn, tenant.id)?;
-            }
-            Ok(())
-        })
     }
 }

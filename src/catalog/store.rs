@@ -71,6 +71,7 @@ pub struct ApiKeyRecord {
     pub description: String,
     pub secret_sha256: [u8; 32],
     pub create_time: Micros,
+    pub revoke_time: Option<Micros>,
 }
 
 /// What one API key grants: the tenant it acts for, and whether it still may.
@@ -143,6 +144,61 @@ pub fn set_tenant_state(
     Ok(())
 }
 
+/// Writes a tenant's `display_name`, `state` and `update_time`.
+pub fn update_tenant(conn: &Connection, tenant: &TenantRecord) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET display_name = ?2, state = ?3, update_time = ?4 WHERE id = ?1",
+        params![
+            tenant.id.to_string(),
+            tenant.display_name,
+            tenant.state.as_str(),
+            tenant.update_time
+        ],
+    )
+    .context(|| format!("updating tenant {}", tenant.id))?;
+    Ok(())
+}
+
+pub fn set_schema_version(conn: &Connection, id: TenantId, version: u32) -> Result<()> {
+    conn.prepare_cached("UPDATE tenants SET schema_version = ?2 WHERE id = ?1")
+        .and_then(|mut statement| statement.execute(params![id.to_string(), version]))
+        .context(|| format!("recording the schema version of tenant {id}"))?;
+    Ok(())
+}
+
+/// Active and suspended tenants whose recorded schema version is below
+/// `latest`, with that version.
+pub fn tenants_to_migrate(conn: &Connection, latest: u32) -> Result<Vec<(TenantId, u32)>> {
+    let mut statement = conn
+        .prepare(
+            "SELECT id, schema_version FROM tenants
+             WHERE state IN ('active', 'suspended') AND schema_version < ?1 ORDER BY id",
+        )
+        .context(|| "listing tenants to migrate".into())?;
+    let rows = statement
+        .query_map([latest], |row| {
+            Ok((parse_tenant_id(&row.get::<_, String>(0)?)?, row.get(1)?))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| "listing tenants to migrate".into())?;
+    Ok(rows)
+}
+
+/// Sets a tenant's state, leaving its schema version alone.
+pub fn set_tenant_state_only(
+    conn: &Connection,
+    id: TenantId,
+    state: TenantState,
+    time: Micros,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE tenants SET state = ?2, update_time = ?3 WHERE id = ?1",
+        params![id.to_string(), state.as_str(), time],
+    )
+    .context(|| format!("setting tenant {id} {}", state.as_str()))?;
+    Ok(())
+}
+
 pub fn get_tenant(conn: &Connection, id: TenantId) -> Result<Option<TenantRecord>> {
     conn.prepare_cached(&format!(
         "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"
@@ -200,6 +256,89 @@ pub fn delete_tenant_row(conn: &Connection, id: TenantId) -> Result<()> {
     )
     .and_then(|_| conn.execute("DELETE FROM tenants WHERE id = ?1", [id.to_string()]))
     .context(|| format!("deleting tenant row {id}"))?;
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, description, secret_sha256, create_time, revoke_time";
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let id: String = row.get(0)?;
+    let hash: Vec<u8> = row.get(3)?;
+    Ok(ApiKeyRecord {
+        id: Uuid::try_parse(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        tenant_id: parse_tenant_id(&row.get::<_, String>(1)?)?,
+        description: row.get(2)?,
+        secret_sha256: hash.try_into().map_err(|_| {
+            rusqlite::Error::InvalidColumnType(
+                3,
+                "secret_sha256".into(),
+                rusqlite::types::Type::Blob,
+            )
+        })?,
+        create_time: row.get(4)?,
+        revoke_time: row.get(5)?,
+    })
+}
+
+pub fn get_api_key(conn: &Connection, id: Uuid) -> Result<Option<ApiKeyRecord>> {
+    conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))
+        .and_then(|mut statement| {
+            statement
+                .query_row([id.hyphenated().to_string()], key_from_row)
+                .optional()
+        })
+        .context(|| format!("reading api key {id}"))
+}
+
+/// A tenant's keys, oldest first, after `after` (create time, id) when given.
+pub fn list_api_keys(
+    conn: &Connection,
+    tenant: TenantId,
+    after: Option<(Micros, Uuid)>,
+    limit: usize,
+) -> Result<Vec<ApiKeyRecord>> {
+    let (time, id) = after.unwrap_or((Micros::MIN, Uuid::nil()));
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys
+             WHERE tenant_id = ?1 AND (create_time, id) > (?2, ?3)
+             ORDER BY create_time, id LIMIT ?4"
+        ))
+        .context(|| "listing api keys".into())?;
+    let rows = statement
+        .query_map(
+            params![
+                tenant.to_string(),
+                time,
+                id.hyphenated().to_string(),
+                limit as i64
+            ],
+            key_from_row,
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| format!("listing the api keys of tenant {tenant}"))?;
+    Ok(rows)
+}
+
+/// Marks a key revoked at `time`, unless it already is.
+pub fn revoke_api_key(conn: &Connection, id: Uuid, time: Micros) -> Result<()> {
+    conn.execute(
+        "UPDATE api_keys SET revoke_time = ?2 WHERE id = ?1 AND revoke_time IS NULL",
+        params![id.hyphenated().to_string(), time],
+    )
+    .context(|| format!("revoking api key {id}"))?;
+    Ok(())
+}
+
+/// Revokes every key of a tenant (when it is deleted).
+pub fn revoke_api_keys_of(conn: &Connection, tenant: TenantId, time: Micros) -> Result<()> {
+    conn.execute(
+        "UPDATE api_keys SET revoke_time = ?2 WHERE tenant_id = ?1 AND revoke_time IS NULL",
+        params![tenant.to_string(), time],
+    )
+    .context(|| format!("revoking the api keys of tenant {tenant}"))?;
     Ok(())
 }
 
@@ -268,4 +407,105 @@ pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<(
     })
     .context(|| format!("recording admin event {}", event.action))?;
     Ok(())
+}
+
+/// What a lifecycle operation in progress does to a tenant's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationKind {
+    /// Soft delete: the file moves to the trash.
+    Delete,
+    /// Erasure: the file, its trash copies and its backups are removed.
+    Purge,
+    /// The file moves to the trash and a checked snapshot takes its place.
+    Restore,
+}
+
+impl OperationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Delete => "delete",
+            OperationKind::Purge => "purge",
+            OperationKind::Restore => "restore",
+        }
+    }
+
+    fn parse(text: &str) -> rusqlite::Result<Self> {
+        match text {
+            "delete" => Ok(OperationKind::Delete),
+            "purge" => Ok(OperationKind::Purge),
+            "restore" => Ok(OperationKind::Restore),
+            other => Err(rusqlite::Error::InvalidColumnType(
+                1,
+                format!("unknown operation {other:?}"),
+                rusqlite::types::Type::Text,
+            )),
+        }
+    }
+}
+
+/// A lifecycle operation in progress, as recorded for crash recovery.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub tenant_id: TenantId,
+    pub kind: OperationKind,
+    /// A file name in `staging/`.
+    pub staging_file: Option<String>,
+    /// A file name in `trash/`.
+    pub trash_file: Option<String>,
+    pub start_time: Micros,
+}
+
+/// Records an operation; a tenant with one already in progress is
+/// FAILED_PRECONDITION.
+pub fn insert_operation(conn: &Connection, op: &Operation) -> Result<()> {
+    let inserted = conn.execute(
+        "INSERT INTO tenant_operations (tenant_id, kind, staging_file, trash_file, start_time)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            op.tenant_id.to_string(),
+            op.kind.as_str(),
+            op.staging_file,
+            op.trash_file,
+            op.start_time
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(Error::FailedPrecondition(format!(
+            "another operation on tenant {} is in progress: wait for it to finish",
+            op.tenant_id
+        ))),
+        Err(e) => Err(e).context(|| format!("recording an operation on tenant {}", op.tenant_id)),
+    }
+}
+
+pub fn delete_operation(conn: &Connection, tenant: TenantId) -> Result<()> {
+    conn.execute(
+        "DELETE FROM tenant_operations WHERE tenant_id = ?1",
+        [tenant.to_string()],
+    )
+    .context(|| format!("closing the operation on tenant {tenant}"))?;
+    Ok(())
+}
+
+pub fn operations(conn: &Connection) -> Result<Vec<Operation>> {
+    let mut statement = conn
+        .prepare(
+            "SELECT tenant_id, kind, staging_file, trash_file, start_time
+             FROM tenant_operations ORDER BY start_time",
+        )
+        .context(|| "listing operations in progress".into())?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok(Operation {
+                tenant_id: parse_tenant_id(&row.get::<_, String>(0)?)?,
+                kind: OperationKind::parse(&row.get::<_, String>(1)?)?,
+                staging_file: row.get(2)?,
+                trash_file: row.get(3)?,
+                start_time: row.get(4)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| "listing operations in progress".into())?;
+    Ok(rows)
 }

@@ -3,9 +3,10 @@
 
 use crate::schema::Migration;
 
-pub const TENANT: &[Migration] = &[Migration {
-    description: "items",
-    sql: "
+pub const TENANT: &[Migration] = &[
+    Migration {
+        description: "items",
+        sql: "
         CREATE TABLE items (
             id          TEXT PRIMARY KEY,
             title       TEXT NOT NULL,
@@ -19,7 +20,17 @@ pub const TENANT: &[Migration] = &[Migration {
         CREATE INDEX items_newest ON items (create_time DESC, id DESC);
         CREATE INDEX items_completed_newest ON items (completed, create_time DESC, id DESC);
     ",
-}];
+    },
+    Migration {
+        description: "items.due_time",
+        sql: "
+        -- When an item is due (microseconds since the epoch), or NULL.
+        ALTER TABLE items ADD COLUMN due_time INTEGER;
+        -- What is due soonest: only items that have a due time are indexed.
+        CREATE INDEX items_due ON items (due_time) WHERE due_time IS NOT NULL;
+    ",
+    },
+];
 
 /// The schema version this binary creates and serves.
 pub fn latest() -> u32 {

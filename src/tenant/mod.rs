@@ -1,7 +1,11 @@
 //! Tenant databases: their schema, their lifecycle, and the registry that
 //! keeps the busy ones open.
 
+pub mod lifecycle;
+pub mod migrate;
 pub mod migrations;
 mod registry;
+pub mod snapshot;
 
-pub use registry::{Registry, RegistrySettings};
+pub use lifecycle::{Lifecycle, recover};
+pub use registry::{Exclusive, Registry, RegistrySettings, Shared};

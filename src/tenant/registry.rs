@@ -8,21 +8,33 @@
 //! their pool is dropped once the last in-flight call lets go of it, SQLite
 //! checkpoints the WAL into the main file, and the tenant is again exactly one
 //! self-contained file.
+//!
+//! # Gates
+//!
+//! Operations that move or replace a tenant's file (delete, restore) must not
+//! race with a call opening it. Each tenant has a gate, a read-write lock made
+//! on demand: opening a tenant holds it shared until the open database is in
+//! the cache, and so does anything else that reads the file directly (a
+//! backup, an eager migration); an operation that moves the file holds it
+//! exclusively ([`Registry::exclusive`]). A call that finds its tenant open
+//! never touches the gate, so the hot path costs one cache lookup.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moka::future::Cache;
+use rusqlite::{Connection, Transaction};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
-use crate::catalog::{Catalog, TenantRecord, TenantState, store};
-use crate::clock::now_micros;
-use crate::data_dir::{self, DataDir};
+use crate::catalog::{Catalog, TenantState, store};
+use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
-use crate::ids::{TenantId, TenantName};
+use crate::ids::TenantId;
 use crate::schema::{self, Migrated};
 use crate::sqlite::{self, Database, PoolSettings, run_blocking};
-use crate::tenant::migrations::{self, TENANT};
+use crate::tenant::migrations::TENANT;
 
 #[derive(Clone)]
 pub struct RegistrySettings {
@@ -39,10 +51,27 @@ pub struct Registry {
 
 struct Inner {
     open: Cache<TenantId, Arc<Database>>,
+    gates: Gates,
     catalog: Catalog,
     data_dir: DataDir,
     pool: PoolSettings,
     opens: AtomicU64,
+}
+
+/// How often a call looks its tenant up again after finding the database it
+/// got retired under it (by a restore, which swaps in a new one).
+const LOOKUPS: usize = 3;
+
+/// Exclusive hold on a tenant's file: while it lives, the tenant is not open
+/// and nothing can open it or read its file. See [`Registry::exclusive`].
+pub struct Exclusive {
+    _gate: OwnedRwLockWriteGuard<()>,
+}
+
+/// Shared hold on a tenant's file: it will not be moved or replaced while
+/// this lives. See [`Registry::shared`].
+pub struct Shared {
+    _gate: OwnedRwLockReadGuard<()>,
 }
 
 impl Registry {
@@ -57,6 +86,7 @@ impl Registry {
         Registry {
             inner: Arc::new(Inner {
                 open,
+                gates: Gates::default(),
                 catalog,
                 data_dir,
                 pool: settings.pool,
@@ -65,140 +95,132 @@ impl Registry {
         }
     }
 
-    /// The open database of an active tenant, opening it on first use. The
-    /// caller has already checked in the catalog that the tenant is active.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.inner.data_dir
+    }
+
+    pub fn pool_settings(&self) -> &PoolSettings {
+        &self.inner.pool
+    }
+
+    /// Runs `f` on a connection of an active tenant's database.
+    pub async fn read<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        for _ in 0..LOOKUPS {
+            let database = self.get(tenant).await?;
+            if let Ok(turn) = database.read_turn().await {
+                return database.read_in(turn, f).await;
+            }
+        }
+        Err(busy(tenant))
+    }
+
+    /// Runs `f` in a write transaction on an active tenant's database.
+    pub async fn write<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
+        for _ in 0..LOOKUPS {
+            let database = self.get(tenant).await?;
+            if let Ok(turn) = database.write_turn().await {
+                return database.write_in(turn, f).await;
+            }
+        }
+        Err(busy(tenant))
+    }
+
+    /// The open database of an active tenant, opening it on first use.
     pub async fn get(&self, tenant: TenantId) -> Result<Arc<Database>> {
-        let inner = &self.inner;
-        let database = inner
+        if let Some(database) = self.inner.open.get(&tenant).await {
+            return Ok(database);
+        }
+        // Held until the opened database is in the cache, so that an
+        // exclusive operation either sees it there or opens nothing.
+        let _shared = self.shared(tenant).await;
+        let database = self
+            .inner
             .open
             .try_get_with(tenant, async {
                 let (database, migrated) = self.open_file(tenant).await?;
-                if migrated.from != migrated.to {
-                    self.record_schema_version(tenant, migrated.to).await?;
-                }
+                tracing::debug!(%tenant, ?migrated, "opened tenant database");
                 Ok::<_, Error>(Arc::new(database))
             })
             .await?;
         Ok(database)
     }
 
+    /// Opens a tenant's file once the catalog says it is active: a call that
+    /// was admitted just before its tenant was suspended or deleted finds out
+    /// here. Migrates the file if needed, and records its new version.
     async fn open_file(&self, tenant: TenantId) -> Result<(Database, Migrated)> {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
+        let catalog = self.inner.catalog.clone();
         let opened = run_blocking(move || {
+            let record = catalog.read_now(|conn| store::get_tenant(conn, tenant))?;
+            match record.map(|r| r.state) {
+                Some(TenantState::Active) => {}
+                Some(TenantState::Suspended) => {
+                    return Err(Error::FailedPrecondition("tenant is suspended".into()));
+                }
+                _ => return Err(Error::NotFound(format!("tenant {tenant} does not exist"))),
+            }
             let database = Database::open(&path, &pool)?;
             let migrated = database.with_connection(|conn| {
                 sqlite::set_wal(conn)?;
                 schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
             })?;
+            if migrated.from != migrated.to {
+                catalog.write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
+            }
             Ok((database, migrated))
         })
         .await;
         self.inner.opens.fetch_add(1, Ordering::Relaxed);
-        match &opened {
-            Ok((_, migrated)) => tracing::debug!(%tenant, ?migrated, "opened tenant database"),
-            Err(error) => {
-                tracing::error!(%tenant, error = %crate::error::error_chain(error), "could not open tenant database")
-            }
+        if let Err(error) = &opened
+            && matches!(error, Error::Internal { .. })
+        {
+            tracing::error!(%tenant, error = %crate::error::error_chain(error), "could not open tenant database");
         }
         opened
     }
 
-    async fn record_schema_version(&self, tenant: TenantId, version: u32) -> Result<()> {
-        self.inner
-            .catalog
-            .write(move |tx| {
-                tx.execute(
-                    "UPDATE tenants SET schema_version = ?2 WHERE id = ?1",
-                    rusqlite::params![tenant.to_string(), version],
-                )
-                .map_err(|e| {
-                    Error::internal(format!("recording schema version of tenant {tenant}"), e)
-                })?;
-                Ok(())
-            })
-            .await
+    /// Holds a tenant's file in place (no move, no replace) until dropped.
+    pub async fn shared(&self, tenant: TenantId) -> Shared {
+        Shared {
+            _gate: self.inner.gates.get(tenant).read_owned().await,
+        }
     }
 
-    /// Creates a tenant: a `provisioning` catalog row, then its database file
-    /// with the current schema, then the row turns `active`. A failure or a
-    /// crash in between never leaves an active tenant without its file; start-up
-    /// rolls back what a crash left `provisioning`.
-    pub async fn create_tenant(
-        &self,
-        name: TenantName,
-        display_name: String,
-    ) -> Result<TenantRecord> {
-        let now = now_micros();
-        let mut tenant = TenantRecord {
-            id: TenantId::new_random(),
-            name: name.as_str().to_owned(),
-            display_name,
-            state: TenantState::Provisioning,
-            schema_version: 0,
-            create_time: now,
-            update_time: now,
-        };
-        let row = tenant.clone();
-        self.inner
-            .catalog
-            .write(move |tx| store::insert_tenant(tx, &row))
-            .await?;
-
-        let path = self.inner.data_dir.tenant_file(tenant.id);
-        let pool = self.inner.pool.clone();
-        let label = format!("tenant {}", tenant.id);
-        let created = run_blocking(move || {
-            Database::create(&path, &pool, |conn| {
-                schema::migrate(conn, TENANT, &label).map(|_| ())
-            })
-        })
-        .await;
-        if let Err(error) = created {
-            self.roll_back_creation(tenant.id).await;
-            return Err(error);
+    /// Takes a tenant's file for an operation that moves or replaces it:
+    /// waits for opens and direct readers of the file to finish, closes the
+    /// tenant's database once the calls running on it are done, and keeps
+    /// it closed until the returned hold is dropped. Calls that arrive in the
+    /// meantime wait, then look the tenant up in the catalog again.
+    pub async fn exclusive(&self, tenant: TenantId) -> Exclusive {
+        let gate = self.inner.gates.get(tenant).write_owned().await;
+        if let Some(database) = self.inner.open.remove(&tenant).await {
+            database.retire().await;
         }
-
-        tenant.state = TenantState::Active;
-        tenant.schema_version = migrations::latest();
-        let row = tenant.clone();
-        self.inner
-            .catalog
-            .write(move |tx| {
-                store::set_tenant_state(
-                    tx,
-                    row.id,
-                    row.state,
-                    row.schema_version,
-                    row.update_time,
-                )?;
-                store::record_admin_event(
-                    tx,
-                    &store::AdminEvent {
-                        time: row.update_time,
-                        actor: "admin",
-                        action: "CreateTenant",
-                        target: &format!("tenants/{}", row.id),
-                        outcome: "ok",
-                    },
-                )
-            })
-            .await?;
-        Ok(tenant)
+        Exclusive { _gate: gate }
     }
 
-    async fn roll_back_creation(&self, tenant: TenantId) {
-        let path = self.inner.data_dir.tenant_file(tenant);
-        let removed = run_blocking(move || data_dir::remove_database_files(&path)).await;
-        let forgotten = self
-            .inner
-            .catalog
-            .write(move |tx| store::delete_tenant_row(tx, tenant))
-            .await;
-        if let Err(error) = removed.and(forgotten) {
-            // Start-up recovery finishes the job: the row is still `provisioning`.
-            tracing::error!(%tenant, error = %crate::error::error_chain(&error), "could not roll back a failed tenant creation");
-        }
+    /// Closes a tenant's database if it is open (calls running on it finish).
+    pub async fn evict(&self, tenant: TenantId) {
+        self.inner.open.invalidate(&tenant).await;
+    }
+
+    /// Is the tenant open now?
+    pub fn is_open(&self, tenant: TenantId) -> bool {
+        self.inner.open.contains_key(&tenant)
     }
 
     /// How many times a tenant database has been opened since start.
@@ -219,5 +241,66 @@ impl Registry {
     pub async fn close_all(&self) {
         self.inner.open.invalidate_all();
         self.inner.open.run_pending_tasks().await;
+    }
+}
+
+fn busy(tenant: TenantId) -> Error {
+    Error::Unavailable(format!(
+        "tenant {tenant} is being restored or moved: retry the call"
+    ))
+}
+
+/// The per-tenant gates, made on demand and forgotten once nobody holds them.
+#[derive(Default)]
+struct Gates {
+    map: std::sync::Mutex<GateMap>,
+}
+
+#[derive(Default)]
+struct GateMap {
+    gates: HashMap<TenantId, Weak<RwLock<()>>>,
+    /// Dead entries are swept when the map grows past this.
+    sweep_at: usize,
+}
+
+impl Gates {
+    fn get(&self, tenant: TenantId) -> Arc<RwLock<()>> {
+        let mut map = self
+            .map
+            .lock()
+            .expect("the gate map lock is never poisoned");
+        if let Some(gate) = map.gates.get(&tenant).and_then(Weak::upgrade) {
+            return gate;
+        }
+        if map.gates.len() >= map.sweep_at {
+            map.gates.retain(|_, gate| gate.strong_count() > 0);
+            map.sweep_at = (map.gates.len() * 2).max(64);
+        }
+        let gate = Arc::new(RwLock::new(()));
+        map.gates.insert(tenant, Arc::downgrade(&gate));
+        gate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_is_shared_while_held_and_forgotten_after() {
+        let gates = Gates::default();
+        let tenant = TenantId::new_random();
+        let first = gates.get(tenant);
+        assert!(Arc::ptr_eq(&first, &gates.get(tenant)));
+        drop(first);
+        for _ in 0..200 {
+            drop(gates.get(TenantId::new_random()));
+        }
+        let map = gates.map.lock().unwrap();
+        assert!(
+            map.gates.len() < 200,
+            "dead gates are swept: {}",
+            map.gates.len()
+        );
     }
 }

@@ -108,6 +108,7 @@ impl TestServer {
                     name: name.into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             }))
             .await
             .expect("creates the tenant")

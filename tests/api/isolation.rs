@@ -161,6 +161,7 @@ async fn a_tenant_key_cannot_use_the_admin_api_and_the_admin_token_cannot_act_fo
             name: "evil".into(),
             ..Default::default()
         }),
+        ..Default::default()
     };
     expect_code(
         admin.create_tenant(acme.call(create)).await,

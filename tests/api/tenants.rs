@@ -18,6 +18,7 @@ fn create(name: &str, display_name: &str) -> CreateTenantRequest {
             display_name: display_name.into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -103,7 +104,7 @@ async fn names_are_unique_slugs() {
     );
     expect_code(
         admin
-            .create_tenant(as_admin(CreateTenantRequest { tenant: None }))
+            .create_tenant(as_admin(CreateTenantRequest::default()))
             .await,
         Code::InvalidArgument,
     );
