@@ -171,7 +171,6 @@ impl Application {
             let _ = drain_started.send(());
         };
         let serve = Server::builder()
-            .tcp_nodelay(true)
             .trace_fn(|request| tracing::info_span!("call", method = request.uri().path()))
             .layer(AdmissionLayer::new(auth))
             .add_service(health_service)
@@ -182,7 +181,7 @@ impl Application {
                 admin_settings,
             )))
             .add_service(ItemServiceServer::new(ItemApi::new(registry.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            .serve_with_incoming_shutdown(accept(listener), signal);
 
         let grace = config.shutdown_grace();
         let served = run_with_grace(serve, drain_signal, grace).await;
@@ -190,6 +189,21 @@ impl Application {
         tracing::info!("every tenant database is closed");
         served
     }
+}
+
+/// The accepted connections, with Nagle's algorithm off: a response that
+/// spans several TCP segments must not wait for the client's delayed ACK
+/// (40 ms on Linux). `Server::tcp_nodelay` only covers listeners tonic binds
+/// itself, so it is set here, on every connection.
+fn accept(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Runs the server future; once draining has started, gives it `grace` to
