@@ -217,3 +217,50 @@ pub fn new_item(title: &str) -> pb::CreateItemRequest {
         }),
     }
 }
+
+/// Every item title of a tenant, newest first, across all pages.
+pub async fn all_titles(server: &TestServer, tenant: &TestTenant) -> Vec<String> {
+    let mut items = server.items().await;
+    let mut titles = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = items
+            .list_items(tenant.call(pb::ListItemsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                completed: None,
+            }))
+            .await
+            .expect("lists items")
+            .into_inner();
+        titles.extend(page.items.into_iter().map(|i| i.title));
+        if page.next_page_token.is_empty() {
+            return titles;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The item titles stored in a database file, read directly, sorted.
+pub fn titles_in_file(path: &Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
+    let mut statement = conn
+        .prepare("SELECT title FROM items ORDER BY title")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .unwrap()
+}
+
+/// `PRAGMA integrity_check` of a database file.
+pub fn integrity(path: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
+    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
+}

@@ -1,10 +1,13 @@
 //! End-to-end tests: each starts a real server on an ephemeral port with a
 //! temporary data directory and talks to it through the generated clients.
 
+mod backups;
 mod common;
 mod discovery;
 mod isolation;
 mod items;
+mod lifecycle;
+mod migrations;
 mod registry;
 mod restart;
 mod tenants;
