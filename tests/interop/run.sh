@@ -29,9 +29,12 @@ fi
 export PATH="$venv/bin:$PATH"
 grpcurl --version 2>&1 | head -n 1
 
-if ! command -v jq >/dev/null; then
-  echo "installing jq"
-  apt-get update -qq && apt-get install -y -qq jq >/dev/null
+missing=""
+command -v jq >/dev/null || missing="$missing jq"
+command -v sqlite3 >/dev/null || missing="$missing sqlite3"
+if [ -n "$missing" ]; then
+  echo "installing$missing"
+  apt-get update -qq && apt-get install -y -qq $missing >/dev/null
 fi
 
 cargo build --release --manifest-path "$repo/Cargo.toml"

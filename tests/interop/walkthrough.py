@@ -29,6 +29,11 @@ EXPECTED = {
     "other-tenant": (True, [r"^\{\s*\}$"]),
     "refused": (False, [r"Code: PermissionDenied", r"does not act for the tenant"]),
     "list-tenants": (True, [r'"name": "acme"[\s\S]*"name": "globex"']),
+    "suspend": (False, [r"(?m)^TENANT_STATE_SUSPENDED$", r"Code: FailedPrecondition", r"tenant is suspended"]),
+    "resume": (True, [r"^TENANT_STATE_ACTIVE$"]),
+    "backup": (True, [rf"(?m)^backups/{UUID}/\d{{8}}T\d{{6}}\.\d{{6}}Z\.db$", r"(?m)^ok\nBuy milk\nCall the bank$"]),
+    "restore": (True, [r"^Call the bank\nBuy milk$"]),
+    "delete": (True, [rf"(?m)^\{{\s*\}}\n{UUID}\.\d{{8}}T\d{{6}}\.\d{{6}}Z\.db$"]),
 }
 
 BLOCK = re.compile(r"^```sh walkthrough=([a-z-]+)\n(.*?)^```$", re.M | re.S)
