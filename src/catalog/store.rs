@@ -332,16 +332,6 @@ pub fn revoke_api_key(conn: &Connection, id: Uuid, time: Micros) -> Result<()> {
     Ok(())
 }
 
-/// Revokes every key of a tenant (when it is deleted).
-pub fn revoke_api_keys_of(conn: &Connection, tenant: TenantId, time: Micros) -> Result<()> {
-    conn.execute(
-        "UPDATE api_keys SET revoke_time = ?2 WHERE tenant_id = ?1 AND revoke_time IS NULL",
-        params![tenant.to_string(), time],
-    )
-    .context(|| format!("revoking the api keys of tenant {tenant}"))?;
-    Ok(())
-}
-
 pub fn insert_api_key(conn: &Connection, key: &ApiKeyRecord) -> Result<()> {
     conn.execute(
         "INSERT INTO api_keys (id, tenant_id, description, secret_sha256, create_time)

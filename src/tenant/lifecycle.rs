@@ -312,8 +312,9 @@ impl Lifecycle {
                     _ => return Err(not_found(id)),
                 }
                 store::insert_operation(tx, &started)?;
+                // Its keys now answer NOT_FOUND: a key's grant carries its
+                // tenant's state.
                 store::set_tenant_state_only(tx, id, TenantState::Deleting, time)?;
-                store::revoke_api_keys_of(tx, id, time)?;
                 Ok(false)
             })
             .await?;
