@@ -21,7 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// File holding the admin token. Without it and without
-    /// TENANTRY_ADMIN_TOKEN, a token is generated into <data-dir>/admin.token.
+    /// TENANTRY_ADMIN_TOKEN, a token is generated into admin.token in the data
+    /// directory.
     #[arg(long, env = "TENANTRY_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 

@@ -25,7 +25,13 @@
 //! 5. **Errors** from any step become a gRPC status in one place ([`error`]).
 //!
 //! Admin calls (`tenantry.v1.TenantService`) take the admin token instead and
-//! work on the catalog. Health and reflection need no credential.
+//! work on the catalog and on whole tenant files: suspending, deleting,
+//! migrating, backing up and restoring tenants ([`tenant::lifecycle`],
+//! [`tenant::migrate`], [`tenant::snapshot`]). An operation that moves or
+//! replaces a tenant's file holds that tenant's gate in the registry, so no
+//! call ever sees a file half moved; each one is recorded in the catalog
+//! first, so start-up can finish it after a crash. Health and reflection need
+//! no credential.
 
 pub mod api;
 pub mod auth;

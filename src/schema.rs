@@ -28,7 +28,7 @@ pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 /// Brings `conn` up to the newest version in `migrations`. `what` names the
-/// database in errors ("catalog", "tenant <id>").
+/// database in errors (`"catalog"`, `"tenant <id>"`).
 pub fn migrate(conn: &mut Connection, migrations: &[Migration], what: &str) -> Result<Migrated> {
     let latest = migrations.len() as u32;
     let from = version(conn).context(|| format!("reading the schema version of {what}"))?;
