@@ -3,6 +3,7 @@
 
 mod backups;
 mod common;
+mod crash;
 mod discovery;
 mod isolation;
 mod items;

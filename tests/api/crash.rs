@@ -1,0 +1,362 @@
+//! Crash recovery: the real binary is killed (it aborts at a crash point,
+//! as `kill -9` or a power cut would stop it) in the middle of a lifecycle
+//! operation, and a new server on the same data directory must find every
+//! tenant either as it was or as asked, never half done.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tenantry::pb::item_service_client::ItemServiceClient;
+use tenantry::pb::tenant_service_client::TenantServiceClient;
+use tenantry::pb::{
+    self, BackupTenantRequest, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest,
+    ListTenantsRequest, RestoreTenantRequest, restore_tenant_request::Source,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::{
+    ADMIN_TOKEN, TestServer, TestTenant, all_titles, as_admin, expect_code, files_under, integrity,
+    new_item, spawn_in, titles_in_file,
+};
+
+/// The server binary, started on `dir` with a crash point armed.
+struct Crashing {
+    child: Child,
+    addr: String,
+}
+
+impl Crashing {
+    fn start(dir: &TempDir, point: &str) -> Crashing {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("TENANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TENANTRY_CRASH_AT", point)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server logs its address before anything else ends")
+                .unwrap();
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Crashing { child, addr }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel().await)
+    }
+
+    /// Waits for the process to end, and checks it ended by crashing.
+    fn crashed(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the server was to crash, it exited with {status}"
+        );
+    }
+}
+
+/// Sets up a data directory with an in-process server, then stops it.
+async fn prepared<T>(setup: impl AsyncFnOnce(&TestServer) -> T) -> (Arc<TempDir>, T) {
+    let server = spawn_in(Arc::new(TempDir::new().unwrap()), |_| {}).await;
+    let made = setup(&server).await;
+    (server.stop().await, made)
+}
+
+async fn create_items(server: &TestServer, tenant: &TestTenant, titles: &[&str]) {
+    let mut items = server.items().await;
+    for title in titles {
+        items
+            .create_item(tenant.call(new_item(title)))
+            .await
+            .unwrap();
+    }
+}
+
+/// Every database file under the data directory passes `integrity_check`.
+fn all_files_intact(data: &Path) {
+    for file in files_under(data) {
+        if file.extension().is_some_and(|e| e == "db") {
+            assert_eq!(integrity(&data.join(&file)), "ok", "{}", file.display());
+        }
+    }
+}
+
+fn files_of(data: &Path, tenant_id: &str) -> Vec<std::path::PathBuf> {
+    files_under(data)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(tenant_id))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
+    let (dir, source) = prepared(async |server| {
+        let source = server.tenant("template").await;
+        create_items(server, &source, &["kept"]).await;
+        source
+    })
+    .await;
+
+    for (name, source_tenant_id) in [("fresh", String::new()), ("copy", source.id.clone())] {
+        let crashing = Crashing::start(&dir, "create.after-file");
+        let failed = crashing
+            .admin()
+            .await
+            .create_tenant(as_admin(CreateTenantRequest {
+                tenant: Some(pb::Tenant {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                source_tenant_id,
+            }))
+            .await;
+        assert!(
+            failed.is_err(),
+            "{name}: the call cannot succeed: {failed:?}"
+        );
+        crashing.crashed();
+        let databases = files_under(&dir.path().join("data/tenants"))
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "db"))
+            .count();
+        assert_eq!(
+            databases, 2,
+            "{name}: the half-made file is on disk before recovery"
+        );
+
+        let server = spawn_in(dir.clone(), |_| {}).await;
+        let mut admin = server.admin().await;
+        let names: Vec<_> = admin
+            .list_tenants(as_admin(ListTenantsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .tenants
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["template"], "{name}");
+        let tenants = files_under(&server.data_dir().join("tenants"));
+        assert_eq!(
+            tenants,
+            [std::path::PathBuf::from(format!("{}.db", source.id))],
+            "{name}: the half-made file is gone"
+        );
+        assert_eq!(all_titles(&server, &source).await, ["kept"]);
+        all_files_intact(&server.data_dir());
+        server.stop().await;
+    }
+
+    // The names are free again.
+    let server = spawn_in(dir, |_| {}).await;
+    server.tenant("fresh").await;
+    server.tenant("copy").await;
+}
+
+#[tokio::test]
+async fn a_delete_cut_short_is_finished_at_start_up() {
+    for point in ["delete.after-mark", "delete.after-move"] {
+        let (dir, (doomed, other)) = prepared(async |server| {
+            let doomed = server.tenant("doomed").await;
+            let other = server.tenant("other").await;
+            create_items(server, &doomed, &["d1", "d2"]).await;
+            create_items(server, &other, &["o1"]).await;
+            (doomed, other)
+        })
+        .await;
+
+        let crashing = Crashing::start(&dir, point);
+        let failed = crashing
+            .admin()
+            .await
+            .delete_tenant(as_admin(DeleteTenantRequest {
+                id: doomed.id.clone(),
+                purge: false,
+            }))
+            .await;
+        assert!(failed.is_err(), "{point}: {failed:?}");
+        crashing.crashed();
+
+        let server = spawn_in(dir, |_| {}).await;
+        let mut admin = server.admin().await;
+        expect_code(
+            admin
+                .get_tenant(as_admin(GetTenantRequest {
+                    id: doomed.id.clone(),
+                }))
+                .await,
+            Code::NotFound,
+        );
+        let mut items = ItemServiceClient::new(
+            Channel::from_shared(format!("http://{}", server.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        expect_code(
+            items
+                .list_items(doomed.call(pb::ListItemsRequest::default()))
+                .await,
+            Code::NotFound,
+        );
+        assert!(!server.tenant_file(&doomed.id).exists(), "{point}");
+        let trash = files_under(&server.data_dir().join("trash"));
+        assert_eq!(trash.len(), 1, "{point}: {trash:?}");
+        assert!(trash[0].to_string_lossy().starts_with(&doomed.id));
+        assert_eq!(
+            titles_in_file(&server.data_dir().join("trash").join(&trash[0])),
+            ["d1", "d2"],
+            "{point}"
+        );
+        assert_eq!(all_titles(&server, &other).await, ["o1"], "{point}");
+        server.tenant("doomed").await;
+        all_files_intact(&server.data_dir());
+        // Nothing is left recorded: the new tenant can be deleted at once.
+        admin
+            .delete_tenant(as_admin(DeleteTenantRequest {
+                id: other.id.clone(),
+                purge: true,
+            }))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_purge_cut_short_erases_everything_at_start_up() {
+    let (dir, (doomed, other)) = prepared(async |server| {
+        let doomed = server.tenant("doomed").await;
+        let other = server.tenant("other").await;
+        create_items(server, &doomed, &["secret"]).await;
+        let mut admin = server.admin().await;
+        for tenant in [&doomed, &other] {
+            admin
+                .backup_tenant(as_admin(BackupTenantRequest {
+                    id: tenant.id.clone(),
+                }))
+                .await
+                .unwrap();
+        }
+        (doomed, other)
+    })
+    .await;
+    assert_eq!(
+        files_of(&dir.path().join("data"), &doomed.id).len(),
+        2,
+        "its file and its backup"
+    );
+
+    let crashing = Crashing::start(&dir, "delete.after-mark");
+    let failed = crashing
+        .admin()
+        .await
+        .delete_tenant(as_admin(DeleteTenantRequest {
+            id: doomed.id.clone(),
+            purge: true,
+        }))
+        .await;
+    assert!(failed.is_err());
+    crashing.crashed();
+
+    let server = spawn_in(dir, |_| {}).await;
+    assert!(
+        files_of(&server.data_dir(), &doomed.id).is_empty(),
+        "{:?}",
+        files_of(&server.data_dir(), &doomed.id)
+    );
+    assert!(server.tenant_file(&other.id).exists());
+    assert_eq!(
+        files_under(&server.data_dir().join("backups").join(&other.id)).len(),
+        1
+    );
+    all_files_intact(&server.data_dir());
+}
+
+#[tokio::test]
+async fn a_restore_cut_short_is_finished_at_start_up() {
+    for point in [
+        "restore.after-record",
+        "restore.after-trash",
+        "restore.after-swap",
+    ] {
+        let (dir, (acme, backup)) = prepared(async |server| {
+            let acme = server.tenant("acme").await;
+            create_items(server, &acme, &["a1", "a2"]).await;
+            let backup = server
+                .admin()
+                .await
+                .backup_tenant(as_admin(BackupTenantRequest {
+                    id: acme.id.clone(),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            create_items(server, &acme, &["b1"]).await;
+            (acme, backup)
+        })
+        .await;
+
+        let crashing = Crashing::start(&dir, point);
+        let failed = crashing
+            .admin()
+            .await
+            .restore_tenant(as_admin(RestoreTenantRequest {
+                id: acme.id.clone(),
+                source: Some(Source::BackupPath(backup.path.clone())),
+            }))
+            .await;
+        assert!(failed.is_err(), "{point}: {failed:?}");
+        crashing.crashed();
+
+        let server = spawn_in(dir, |_| {}).await;
+        assert_eq!(all_titles(&server, &acme).await, ["a2", "a1"], "{point}");
+        let trash = files_under(&server.data_dir().join("trash"));
+        assert_eq!(trash.len(), 1, "{point}: {trash:?}");
+        assert_eq!(
+            titles_in_file(&server.data_dir().join("trash").join(&trash[0])),
+            ["a1", "a2", "b1"],
+            "{point}: the replaced data is kept"
+        );
+        assert!(
+            files_under(&server.data_dir().join("staging")).is_empty(),
+            "{point}"
+        );
+        all_files_intact(&server.data_dir());
+        // Nothing is left recorded: another restore works.
+        server
+            .admin()
+            .await
+            .restore_tenant(as_admin(RestoreTenantRequest {
+                id: acme.id.clone(),
+                source: Some(Source::BackupPath(backup.path.clone())),
+            }))
+            .await
+            .unwrap();
+        server.stop().await;
+    }
+}
