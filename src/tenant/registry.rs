@@ -157,31 +157,44 @@ impl Registry {
         Ok(database)
     }
 
-    /// Opens a tenant's file once the catalog says it is active: a call that
-    /// was admitted just before its tenant was suspended or deleted finds out
-    /// here. Migrates the file if needed, and records its new version.
+    /// Opens a tenant's file and migrates it if needed, recording its new
+    /// version. Admission has already found the tenant active; if the open
+    /// fails, the catalog is asked again, because a call admitted just before
+    /// its tenant was deleted finds the file gone, and must hear NOT_FOUND,
+    /// not an internal error.
     async fn open_file(&self, tenant: TenantId) -> Result<(Database, Migrated)> {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
         let opened = run_blocking(move || {
-            let record = catalog.read_now(|conn| store::get_tenant(conn, tenant))?;
-            match record.map(|r| r.state) {
-                Some(TenantState::Active) => {}
-                Some(TenantState::Suspended) => {
-                    return Err(Error::FailedPrecondition("tenant is suspended".into()));
+            let opened = Database::open(&path, &pool).and_then(|database| {
+                let migrated = database.with_connection(|conn| {
+                    sqlite::set_wal(conn)?;
+                    schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
+                })?;
+                Ok((database, migrated))
+            });
+            match opened {
+                Ok((database, migrated)) => {
+                    if migrated.from != migrated.to {
+                        catalog
+                            .write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
+                    }
+                    Ok((database, migrated))
                 }
-                _ => return Err(Error::NotFound(format!("tenant {tenant} does not exist"))),
+                Err(error) => {
+                    let state = catalog
+                        .read_now(|conn| store::get_tenant(conn, tenant))?
+                        .map(|record| record.state);
+                    match state {
+                        Some(TenantState::Active) => Err(error),
+                        Some(TenantState::Suspended) => {
+                            Err(Error::FailedPrecondition("tenant is suspended".into()))
+                        }
+                        _ => Err(Error::NotFound(format!("tenant {tenant} does not exist"))),
+                    }
+                }
             }
-            let database = Database::open(&path, &pool)?;
-            let migrated = database.with_connection(|conn| {
-                sqlite::set_wal(conn)?;
-                schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
-            })?;
-            if migrated.from != migrated.to {
-                catalog.write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
-            }
-            Ok((database, migrated))
         })
         .await;
         self.inner.opens.fetch_add(1, Ordering::Relaxed);
