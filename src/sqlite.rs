@@ -274,6 +274,10 @@ impl Database {
             self.readers.close();
             drop(all);
         }
+        // Dropping the last handle on the pool closes its idle connections.
+        // A connection r2d2 is still opening on its thread pool for a request
+        // that has since been served is dropped when it arrives; it never ran
+        // a statement, so it holds no WAL state of the file.
         let pool = self
             .pool
             .lock()
