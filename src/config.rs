@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,
 
+    /// Most storage one tenant's database may use, in KiB (its file, without
+    /// the write-ahead log); a write past it fails with RESOURCE_EXHAUSTED.
+    /// 0 for no limit.
+    #[arg(long, env = "TENANTRY_TENANT_QUOTA_KIB", default_value_t = 1 << 20)]
+    pub tenant_quota_kib: u64,
+
     /// How long a statement waits for a locked database before failing, in
     /// milliseconds.
     #[arg(long, env = "TENANTRY_BUSY_TIMEOUT_MS", default_value_t = 5000)]
@@ -87,6 +93,11 @@ impl Config {
 
     pub fn tenant_idle(&self) -> Duration {
         Duration::from_secs(self.tenant_idle_secs)
+    }
+
+    /// The per-tenant storage quota in bytes, if there is one.
+    pub fn tenant_quota_bytes(&self) -> Option<u64> {
+        (self.tenant_quota_kib > 0).then(|| self.tenant_quota_kib * 1024)
     }
 
     pub fn busy_timeout(&self) -> Duration {

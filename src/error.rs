@@ -38,6 +38,15 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Stored data is damaged or missing: a tenant's file overwritten,
+    /// truncated or removed. Only an operator can repair it.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A storage failure an operator must fix (a file made read-only, an
+    /// unreadable directory), with a message saying what to fix. Unlike
+    /// [`Error::Internal`], the message is meant for the client.
+    #[error("{0}")]
+    Storage(String),
     /// An error shared by every waiter of one single-flight operation (moka
     /// hands each of them the same `Arc`).
     #[error("{0}")]
@@ -114,10 +123,40 @@ fn to_status(error: &Error) -> Status {
         Error::Aborted(message) => Status::aborted(message.clone()),
         Error::Unavailable(message) => Status::unavailable(message.clone()),
         Error::ResourceExhausted(message) => Status::resource_exhausted(message.clone()),
+        Error::DataLoss(message) => {
+            tracing::error!(message, "stored data is damaged");
+            Status::data_loss(message.clone())
+        }
+        Error::Storage(message) => {
+            tracing::error!(message, "storage failure");
+            Status::internal(message.clone())
+        }
         Error::Shared(inner) => to_status(inner),
         Error::Internal { .. } => {
             tracing::error!(error = %error_chain(error), "internal error");
             Status::internal("internal error; the server log has the details")
+        }
+    }
+}
+
+impl Error {
+    /// The SQLite result code behind this error, if it came from SQLite.
+    pub fn sqlite_code(&self) -> Option<rusqlite::ffi::Error> {
+        match self {
+            Error::Shared(inner) => inner.sqlite_code(),
+            Error::Internal { source, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(error) = cause {
+                    if let Some(rusqlite::Error::SqliteFailure(code, _)) =
+                        error.downcast_ref::<rusqlite::Error>()
+                    {
+                        return Some(*code);
+                    }
+                    cause = error.source();
+                }
+                None
+            }
+            _ => None,
         }
     }
 }

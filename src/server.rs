@@ -65,11 +65,14 @@ impl OpenData {
             RegistrySettings {
                 max_open: config.max_open_tenants,
                 idle: config.tenant_idle(),
-                pool: PoolSettings::new(
-                    config.tenant_connections,
-                    config.tenant_cache_kib,
-                    config.busy_timeout(),
-                ),
+                pool: PoolSettings {
+                    max_bytes: config.tenant_quota_bytes(),
+                    ..PoolSettings::new(
+                        config.tenant_connections,
+                        config.tenant_cache_kib,
+                        config.busy_timeout(),
+                    )
+                },
             },
         );
         Ok(OpenData {

@@ -31,6 +31,10 @@ pub struct PoolSettings {
     pub busy_timeout: Duration,
     /// An unused connection is closed after this long.
     pub idle_connection: Duration,
+    /// The most bytes the database file may hold (SQLite's
+    /// `max_page_count`); a write that needs more fails with `SQLITE_FULL`.
+    /// `None` for no limit.
+    pub max_bytes: Option<u64>,
     /// r2d2 opens connections and reaps idle ones on a thread pool; one pool
     /// shared by every database keeps thousands of open tenants from costing
     /// thousands of threads.
@@ -44,6 +48,7 @@ impl PoolSettings {
             cache_kib,
             busy_timeout,
             idle_connection: Duration::from_secs(60),
+            max_bytes: None,
             threads: Arc::new(
                 ScheduledThreadPool::builder()
                     .num_threads(2)
@@ -62,7 +67,15 @@ impl PoolSettings {
              PRAGMA synchronous = NORMAL;
              PRAGMA cache_size = -{};",
             self.cache_kib
-        ))
+        ))?;
+        if let Some(max_bytes) = self.max_bytes {
+            // Freed pages are reused, so deleting data makes room again. A
+            // file already past the limit keeps its size; only growth fails.
+            let page_size: i64 = conn.pragma_query_value(None, "page_size", |row| row.get(0))?;
+            let pages = (max_bytes / page_size.max(512) as u64).clamp(1, i64::MAX as u64);
+            conn.pragma_update(None, "max_page_count", pages as i64)?;
+        }
+        Ok(())
     }
 }
 
@@ -73,6 +86,9 @@ const EXISTING: OpenFlags =
 
 pub struct Database {
     path: PathBuf,
+    /// The file's device and inode when it was opened: see
+    /// [`Database::check_in_place`].
+    identity: (u64, u64),
     /// `None` once the database is retired; see [`Database::retire`].
     pool: std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>,
     connections: u32,
@@ -101,15 +117,34 @@ pub struct WriteTurn {
 pub struct Retired;
 
 impl Database {
-    /// Opens an existing database file. No connection is made yet; a missing
-    /// file is an error, never a new empty database. Blocking.
-    pub fn open(path: &Path, settings: &PoolSettings) -> Result<Self> {
+    /// Opens an existing database file: first on one connection of its own,
+    /// which runs `prepare` (switching to WAL, migrating) and is closed, then
+    /// as a pool whose connections are made on demand. A missing file is an
+    /// error, never a new empty database; so is a file that is not a SQLite
+    /// database, at once and with SQLite's own error (a pool would retry a
+    /// failing connection until its timeout, and keep only the message).
+    /// Blocking.
+    pub fn open<T>(
+        path: &Path,
+        settings: &PoolSettings,
+        prepare: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<(Self, T)> {
         if !path.is_file() {
             return Err(Error::internal(
                 format!("opening {}", path.display()),
                 "the database file is missing",
             ));
         }
+        let mut conn = Connection::open_with_flags(path, EXISTING)
+            .context(|| format!("opening {}", path.display()))?;
+        settings
+            .configure(&conn)
+            .context(|| format!("opening {}", path.display()))?;
+        let prepared = prepare(&mut conn)?;
+        let identity = file_identity(path)
+            .context(|| format!("opening {}", path.display()))?
+            .ok_or_else(|| moved(path))?;
+        drop(conn);
         let configured = settings.clone();
         let manager = SqliteConnectionManager::file(path)
             .with_flags(EXISTING)
@@ -122,13 +157,15 @@ impl Database {
             .test_on_check_out(false)
             .thread_pool(settings.threads.clone())
             .build_unchecked(manager);
-        Ok(Database {
+        let database = Database {
             path: path.to_owned(),
+            identity,
             pool: std::sync::Mutex::new(Some(pool)),
             connections: settings.connections,
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writer: Arc::new(Mutex::new(())),
-        })
+        };
+        Ok((database, prepared))
     }
 
     /// Creates a new database file in WAL mode (failing if it exists), runs
@@ -219,11 +256,13 @@ impl Database {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.pool()?;
+        let (path, identity) = (self.path.clone(), self.identity);
         run_blocking(move || {
-            let result = pool
-                .get()
-                .context(|| "taking a database connection".into())
-                .and_then(|conn| f(&conn));
+            let result = check_in_place(&path, identity).and_then(|()| {
+                pool.get()
+                    .context(|| "taking a database connection".into())
+                    .and_then(|conn| f(&conn))
+            });
             // The connection is back in the pool before the turn ends, so a
             // retire that holds every turn knows no connection is in use.
             drop(pool);
@@ -240,11 +279,13 @@ impl Database {
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
         let pool = self.pool()?;
+        let (path, identity) = (self.path.clone(), self.identity);
         run_blocking(move || {
-            let result = pool
-                .get()
-                .context(|| "taking a database connection".into())
-                .and_then(|mut conn| write_now(&mut conn, f));
+            let result = check_in_place(&path, identity).and_then(|()| {
+                pool.get()
+                    .context(|| "taking a database connection".into())
+                    .and_then(|mut conn| write_now(&mut conn, f))
+            });
             drop(pool);
             drop((turn.permit, turn.turn));
             result
@@ -292,6 +333,40 @@ impl Database {
             .ok();
         }
     }
+}
+
+/// The device and inode of a file, or `None` if there is no file.
+fn file_identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(metadata) => Ok(Some((metadata.dev(), metadata.ino()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Checks, before a call uses the database, that its file is still the one
+/// that was opened. Open connections keep working on a file that was
+/// removed or replaced behind the server's back, and every write to it would
+/// be lost; SQLite only notices for rollback journals, not in WAL mode. One
+/// `stat` per call, small next to the call's SQL.
+fn check_in_place(path: &Path, opened: (u64, u64)) -> Result<()> {
+    match file_identity(path).context(|| format!("checking {}", path.display()))? {
+        Some(identity) if identity == opened => Ok(()),
+        _ => Err(moved(path)),
+    }
+}
+
+/// The error of a file moved or removed while open: SQLite's own code for
+/// it, so that it is told apart like every other storage failure.
+fn moved(path: &Path) -> Error {
+    Error::internal(
+        format!("using {}", path.display()),
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY_DBMOVED),
+            Some("the database file was moved or removed while open".into()),
+        ),
+    )
 }
 
 fn retired(_: Retired) -> Error {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, Transaction};
 
 use crate::data_dir::DataDir;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::schema;
 use crate::sqlite::{Database, PoolSettings};
 
@@ -33,10 +33,15 @@ impl Catalog {
         if !path.exists() {
             Database::create(&path, settings, |_| Ok(()))?;
         }
-        let db = Database::open(&path, settings)?;
-        db.with_connection(|conn| {
+        let (db, ()) = Database::open(&path, settings, |conn| {
             crate::sqlite::set_wal(conn)?;
             schema::migrate(conn, migrations::CATALOG, "the catalog").map(|_| ())
+        })
+        .map_err(|error| {
+            Error::internal(
+                format!("the catalog {} cannot be used", path.display()),
+                error,
+            )
         })?;
         Ok(Catalog { db: Arc::new(db) })
     }

@@ -428,6 +428,15 @@ impl Lifecycle {
             Ok((size, sha256, migrated))
         })
         .await?;
+        if let Some(max) = self.registry.pool_settings().max_bytes
+            && size_bytes > max
+        {
+            return Err(Error::ResourceExhausted(format!(
+                "the snapshot holds {size_bytes} bytes, more than the tenant storage quota \
+                 of {} KiB: raise --tenant-quota-kib to restore it",
+                max / 1024
+            )));
+        }
 
         let time = now_micros();
         let op = Operation {

@@ -20,6 +20,7 @@
 //! never touches the gate, so the hot path costs one cache lookup.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -116,7 +117,8 @@ impl Registry {
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
             if let Ok(turn) = database.read_turn().await {
-                return database.read_in(turn, f).await;
+                let result = database.read_in(turn, f).await;
+                return self.checked(tenant, result).await;
             }
         }
         Err(busy(tenant))
@@ -131,7 +133,8 @@ impl Registry {
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
             if let Ok(turn) = database.write_turn().await {
-                return database.write_in(turn, f).await;
+                let result = database.write_in(turn, f).await;
+                return self.checked(tenant, result).await;
             }
         }
         Err(busy(tenant))
@@ -149,7 +152,10 @@ impl Registry {
             .inner
             .open
             .try_get_with(tenant, async {
-                let (database, migrated) = self.open_file(tenant).await?;
+                let (database, migrated) = self
+                    .open_file(tenant)
+                    .await
+                    .map_err(|error| self.storage_fault(tenant, error))?;
                 tracing::debug!(%tenant, ?migrated, "opened tenant database");
                 Ok::<_, Error>(Arc::new(database))
             })
@@ -167,12 +173,11 @@ impl Registry {
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
         let opened = run_blocking(move || {
-            let opened = Database::open(&path, &pool).and_then(|database| {
-                let migrated = database.with_connection(|conn| {
+            let opened = check_file(tenant, &path).and_then(|()| {
+                Database::open(&path, &pool, |conn| {
                     sqlite::set_wal(conn)?;
                     schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
-                })?;
-                Ok((database, migrated))
+                })
             });
             match opened {
                 Ok((database, migrated)) => {
@@ -226,6 +231,66 @@ impl Registry {
         Exclusive { _gate: gate }
     }
 
+    /// A call's result, with a storage failure of the tenant's file turned
+    /// into an answer that says what is wrong with it. A damaged, moved or
+    /// read-only file also closes the tenant, so that the next call opens the
+    /// file afresh and sees it as it is now (repaired, or still broken).
+    async fn checked<T>(&self, tenant: TenantId, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                let error = self.storage_fault(tenant, error);
+                if matches!(error, Error::DataLoss(_) | Error::Storage(_)) {
+                    self.evict(tenant).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Names the storage failure behind `error`, if there is one: what a
+    /// client can be told, and what an operator must do about it.
+    fn storage_fault(&self, tenant: TenantId, error: Error) -> Error {
+        use rusqlite::ffi::{ErrorCode, SQLITE_READONLY_DBMOVED};
+        let Some(code) = error.sqlite_code() else {
+            return error;
+        };
+        let fault = match code.code {
+            ErrorCode::DiskFull => {
+                return Error::ResourceExhausted(match self.inner.pool.max_bytes {
+                    Some(max) => format!(
+                        "tenant {tenant} has used its storage quota of {} KiB (or the disk is full): \
+                         delete data to make room, or ask an operator for a larger quota",
+                        max / 1024
+                    ),
+                    None => format!("the disk holding tenant {tenant} is full"),
+                });
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => Error::DataLoss(format!(
+                "tenant {tenant}'s database file is damaged ({code}): \
+                 an operator must restore it from a backup"
+            )),
+            ErrorCode::ReadOnly if code.extended_code == SQLITE_READONLY_DBMOVED => {
+                Error::DataLoss(format!(
+                    "tenant {tenant}'s database file was moved or removed while in use: \
+                     an operator must put it back or restore it from a backup"
+                ))
+            }
+            ErrorCode::ReadOnly => Error::Storage(format!(
+                "tenant {tenant}'s database file is read-only: an operator must make it writable"
+            )),
+            ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::PermissionDenied => {
+                Error::Storage(format!(
+                    "tenant {tenant}'s database file cannot be read or written ({code}): \
+                     an operator must check it and its directory"
+                ))
+            }
+            _ => return error,
+        };
+        tracing::error!(%tenant, error = %crate::error::error_chain(&error), "storage failure");
+        fault
+    }
+
     /// Closes a tenant's database if it is open (calls running on it finish).
     pub async fn evict(&self, tenant: TenantId) {
         self.inner.open.invalidate(&tenant).await;
@@ -254,6 +319,28 @@ impl Registry {
     pub async fn close_all(&self) {
         self.inner.open.invalidate_all();
         self.inner.open.run_pending_tasks().await;
+    }
+}
+
+/// Checks that a tenant's file is there and writable before opening it.
+/// Write permission is checked from the file's mode rather than left to the
+/// open: a server running as root would otherwise write to a file an
+/// operator made read-only on purpose.
+fn check_file(tenant: TenantId, path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.permissions().readonly() => Err(Error::Storage(format!(
+            "tenant {tenant}'s database file is read-only: an operator must make it writable"
+        ))),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::DataLoss(format!(
+                "tenant {tenant}'s database file is missing: an operator must restore it from a backup"
+            )))
+        }
+        Err(error) => Err(Error::Storage(format!(
+            "tenant {tenant}'s database file cannot be read ({error}): \
+             an operator must check it and its directory"
+        ))),
     }
 }
 

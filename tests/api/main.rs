@@ -5,6 +5,7 @@ mod backups;
 mod common;
 mod crash;
 mod discovery;
+mod faults;
 mod isolation;
 mod items;
 mod lifecycle;
