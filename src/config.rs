@@ -73,6 +73,30 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
     pub max_import_bytes: u64,
 
+    /// Most calls in flight at once; more are refused with UNAVAILABLE
+    /// (load shedding). Health checks do not count.
+    #[arg(long, env = "TENANTRY_MAX_CONCURRENT_CALLS", default_value_t = 512)]
+    pub max_concurrent_calls: usize,
+
+    /// Most calls in flight at once for one tenant; more are refused with
+    /// RESOURCE_EXHAUSTED, so that a busy tenant cannot starve the others.
+    #[arg(
+        long,
+        env = "TENANTRY_TENANT_MAX_CONCURRENT_CALLS",
+        default_value_t = 32
+    )]
+    pub tenant_max_concurrent_calls: usize,
+
+    /// Milliseconds a call may run when its client sets no earlier deadline
+    /// (ImportTenant uploads are bounded by the client's deadline only).
+    #[arg(long, env = "TENANTRY_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    pub call_timeout_ms: u64,
+
+    /// Largest request message, in bytes; a larger one is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TENANTRY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+
     /// Seconds to wait for in-flight calls at shutdown before giving up on them.
     #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -106,6 +130,14 @@ impl Config {
 
     pub fn credential_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.credential_cache_secs)
+    }
+
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_calls: self.max_concurrent_calls.max(1),
+            default_timeout: Duration::from_millis(self.call_timeout_ms),
+            max_message_bytes: self.max_message_bytes,
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

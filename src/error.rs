@@ -38,6 +38,8 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Stored data is damaged or missing: a tenant's file overwritten,
     /// truncated or removed. Only an operator can repair it.
     #[error("{0}")]
@@ -123,6 +125,7 @@ fn to_status(error: &Error) -> Status {
         Error::Aborted(message) => Status::aborted(message.clone()),
         Error::Unavailable(message) => Status::unavailable(message.clone()),
         Error::ResourceExhausted(message) => Status::resource_exhausted(message.clone()),
+        Error::DeadlineExceeded(message) => Status::deadline_exceeded(message.clone()),
         Error::DataLoss(message) => {
             tracing::error!(message, "stored data is damaged");
             Status::data_loss(message.clone())

@@ -5,13 +5,18 @@
 //! A client calls `tenantry.v1.ItemService/GetItem` with two metadata
 //! entries: `authorization: Bearer <api key>` and `x-tenant-id: <uuid>`.
 //!
+//! 0. **Limits** ([`limits`]), the outermost layer, sheds the call with
+//!    UNAVAILABLE if the server already runs as many calls as it may, sets
+//!    its deadline, and caps the size of its messages.
 //! 1. **Admission** ([`routing`]), a tower layer in front of every service,
 //!    authenticates the bearer token ([`auth`]): the key id inside it finds
 //!    the key in the [`catalog`], and a constant-time comparison of hashes
 //!    proves the secret. The credential decides who the caller is. Then
 //!    `x-tenant-id` must parse as a canonical UUID and name the key's own
 //!    tenant, which must be active; otherwise the call ends here, with a
-//!    status and without touching any file.
+//!    status and without touching any file. A tenant already running as many
+//!    calls as one tenant may is refused with RESOURCE_EXHAUSTED, so that no
+//!    tenant can take every slot from the others.
 //! 2. **The service method** ([`api`]) receives a verified tenant from the
 //!    request's extensions, validates the request, and asks the
 //!    [`tenant::Registry`] for that tenant's database.
@@ -43,6 +48,7 @@ pub mod error;
 pub mod fault;
 pub mod ids;
 pub mod items;
+pub mod limits;
 pub mod pagination;
 pub mod routing;
 pub mod schema;
@@ -50,6 +56,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sqlite;
 pub mod tenant;
+pub mod weak_map;
 
 /// The generated protobuf and gRPC code of `proto/tenantry/v1`.
 pub mod pb {

@@ -12,9 +12,11 @@
 //! unknown path, needs the admin token.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -22,6 +24,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::catalog::TenantState;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
+use crate::weak_map::WeakMap;
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
@@ -73,11 +76,45 @@ impl Policy {
 #[derive(Clone)]
 pub struct AdmissionLayer {
     auth: Authenticator,
+    calls: TenantCalls,
 }
 
 impl AdmissionLayer {
-    pub fn new(auth: Authenticator) -> Self {
-        AdmissionLayer { auth }
+    /// `tenant_max_calls`: the most item calls one tenant may have in flight.
+    pub fn new(auth: Authenticator, tenant_max_calls: usize) -> Self {
+        AdmissionLayer {
+            auth,
+            calls: TenantCalls {
+                limit: tenant_max_calls.max(1),
+                slots: Arc::new(WeakMap::default()),
+            },
+        }
+    }
+}
+
+/// Each tenant's item calls in flight, bounded per tenant: a tenant that
+/// sends more than its share is refused at once instead of queueing in front
+/// of everybody else.
+#[derive(Clone)]
+struct TenantCalls {
+    limit: usize,
+    slots: Arc<WeakMap<TenantId, Semaphore>>,
+}
+
+impl TenantCalls {
+    fn take(&self, tenant: VerifiedTenant) -> Result<OwnedSemaphorePermit> {
+        let limit = self.limit;
+        self.slots
+            .get_or_make(tenant.id, || Semaphore::new(limit))
+            .try_acquire_owned()
+            .map_err(|_| {
+                tracing::warn!(tenant = %tenant.id, key_id = %tenant.key_id, limit, "refused a call over the tenant's concurrency limit");
+                Error::ResourceExhausted(format!(
+                    "tenant {} already has {limit} calls in flight, the most one tenant may have: \
+                     wait for some to finish, or retry with backoff",
+                    tenant.id
+                ))
+            })
     }
 }
 
@@ -88,6 +125,7 @@ impl<S> Layer<S> for AdmissionLayer {
         Admission {
             inner,
             auth: self.auth.clone(),
+            calls: self.calls.clone(),
         }
     }
 }
@@ -96,6 +134,7 @@ impl<S> Layer<S> for AdmissionLayer {
 pub struct Admission<S> {
     inner: S,
     auth: Authenticator,
+    calls: TenantCalls,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -123,9 +162,17 @@ where
             return Box::pin(inner.call(request));
         }
         let auth = self.auth.clone();
+        let calls = self.calls.clone();
         Box::pin(async move {
-            match admit(&auth, policy, request.headers()).await {
-                Ok((caller, tenant)) => {
+            let admitted =
+                admit(&auth, policy, request.headers())
+                    .await
+                    .and_then(|(caller, tenant)| {
+                        let slot = tenant.map(|tenant| calls.take(tenant)).transpose()?;
+                        Ok((caller, tenant, slot))
+                    });
+            match admitted {
+                Ok((caller, tenant, _slot)) => {
                     request.extensions_mut().insert(caller);
                     if let Some(tenant) = tenant {
                         request.extensions_mut().insert(tenant);

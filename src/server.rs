@@ -18,6 +18,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::error::{Context, Error, Result};
+use crate::limits::LimitsLayer;
 use crate::pb::{
     self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
 };
@@ -89,6 +90,13 @@ impl Application {
     /// loads the admin token and binds the listen address.
     pub async fn build(config: Config) -> Result<Self> {
         check_file_limit(&config)?;
+        if config.tenant_max_concurrent_calls > config.max_concurrent_calls {
+            return Err(Error::FailedPrecondition(format!(
+                "--tenant-max-concurrent-calls {} is above --max-concurrent-calls {}: \
+                 one tenant could take every call slot of the server",
+                config.tenant_max_concurrent_calls, config.max_concurrent_calls
+            )));
+        }
         let setup = config.clone();
         let (data, admin_token) = run_blocking(move || {
             let data = OpenData::open(&setup)?;
@@ -175,15 +183,22 @@ impl Application {
         };
         let serve = Server::builder()
             .trace_fn(|request| tracing::info_span!("call", method = request.uri().path()))
-            .layer(AdmissionLayer::new(auth))
+            .layer(LimitsLayer::new(config.limits()))
+            .layer(AdmissionLayer::new(
+                auth,
+                config.tenant_max_concurrent_calls,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TenantServiceServer::new(TenantApi::new(
-                lifecycle,
-                admin_settings,
-            )))
-            .add_service(ItemServiceServer::new(ItemApi::new(registry.clone())))
+            .add_service(
+                TenantServiceServer::new(TenantApi::new(lifecycle, admin_settings))
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                ItemServiceServer::new(ItemApi::new(registry.clone()))
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
             .serve_with_incoming_shutdown(accept(listener), signal);
 
         let grace = config.shutdown_grace();

@@ -21,6 +21,7 @@ use scheduled_thread_pool::ScheduledThreadPool;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Context, Error, Result};
+use crate::limits;
 
 /// How every connection of a database is opened and pooled.
 #[derive(Clone)]
@@ -257,12 +258,15 @@ impl Database {
     {
         let pool = self.pool()?;
         let (path, identity) = (self.path.clone(), self.identity);
+        let deadline = limits::current();
         run_blocking(move || {
-            let result = check_in_place(&path, identity).and_then(|()| {
-                pool.get()
-                    .context(|| "taking a database connection".into())
-                    .and_then(|conn| f(&conn))
-            });
+            let result = limits::check(deadline)
+                .and_then(|()| check_in_place(&path, identity))
+                .and_then(|()| {
+                    pool.get()
+                        .context(|| "taking a database connection".into())
+                        .and_then(|conn| f(&conn))
+                });
             // The connection is back in the pool before the turn ends, so a
             // retire that holds every turn knows no connection is in use.
             drop(pool);
@@ -280,12 +284,15 @@ impl Database {
     {
         let pool = self.pool()?;
         let (path, identity) = (self.path.clone(), self.identity);
+        let deadline = limits::current();
         run_blocking(move || {
-            let result = check_in_place(&path, identity).and_then(|()| {
-                pool.get()
-                    .context(|| "taking a database connection".into())
-                    .and_then(|mut conn| write_now(&mut conn, f))
-            });
+            let result = limits::check(deadline)
+                .and_then(|()| check_in_place(&path, identity))
+                .and_then(|()| {
+                    pool.get()
+                        .context(|| "taking a database connection".into())
+                        .and_then(|mut conn| write_now(&mut conn, deadline, f))
+                });
             drop(pool);
             drop((turn.permit, turn.turn));
             result
@@ -375,11 +382,19 @@ fn retired(_: Retired) -> Error {
     )
 }
 
-fn write_now<T>(conn: &mut Connection, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+/// Runs `f` in a write transaction, committed only if it succeeds and the
+/// call's deadline has not passed meanwhile: a client that has given up hears
+/// DEADLINE_EXCEEDED, and so must nothing be changed.
+fn write_now<T>(
+    conn: &mut Connection,
+    deadline: Option<tokio::time::Instant>,
+    f: impl FnOnce(&Transaction) -> Result<T>,
+) -> Result<T> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context(|| "starting a write transaction".into())?;
     let value = f(&tx)?;
+    limits::check(deadline)?;
     tx.commit()
         .context(|| "committing a write transaction".into())?;
     Ok(value)

@@ -19,10 +19,9 @@
 //! exclusively ([`Registry::exclusive`]). A call that finds its tenant open
 //! never touches the gate, so the hot path costs one cache lookup.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -36,6 +35,7 @@ use crate::ids::TenantId;
 use crate::schema::{self, Migrated};
 use crate::sqlite::{self, Database, PoolSettings, run_blocking};
 use crate::tenant::migrations::TENANT;
+use crate::weak_map::WeakMap;
 
 #[derive(Clone)]
 pub struct RegistrySettings {
@@ -214,7 +214,7 @@ impl Registry {
     /// Holds a tenant's file in place (no move, no replace) until dropped.
     pub async fn shared(&self, tenant: TenantId) -> Shared {
         Shared {
-            _gate: self.inner.gates.get(tenant).read_owned().await,
+            _gate: gate(&self.inner.gates, tenant).read_owned().await,
         }
     }
 
@@ -224,7 +224,7 @@ impl Registry {
     /// it closed until the returned hold is dropped. Calls that arrive in the
     /// meantime wait, then look the tenant up in the catalog again.
     pub async fn exclusive(&self, tenant: TenantId) -> Exclusive {
-        let gate = self.inner.gates.get(tenant).write_owned().await;
+        let gate = gate(&self.inner.gates, tenant).write_owned().await;
         if let Some(database) = self.inner.open.remove(&tenant).await {
             database.retire().await;
         }
@@ -351,56 +351,8 @@ fn busy(tenant: TenantId) -> Error {
 }
 
 /// The per-tenant gates, made on demand and forgotten once nobody holds them.
-#[derive(Default)]
-struct Gates {
-    map: std::sync::Mutex<GateMap>,
-}
+type Gates = WeakMap<TenantId, RwLock<()>>;
 
-#[derive(Default)]
-struct GateMap {
-    gates: HashMap<TenantId, Weak<RwLock<()>>>,
-    /// Dead entries are swept when the map grows past this.
-    sweep_at: usize,
-}
-
-impl Gates {
-    fn get(&self, tenant: TenantId) -> Arc<RwLock<()>> {
-        let mut map = self
-            .map
-            .lock()
-            .expect("the gate map lock is never poisoned");
-        if let Some(gate) = map.gates.get(&tenant).and_then(Weak::upgrade) {
-            return gate;
-        }
-        if map.gates.len() >= map.sweep_at {
-            map.gates.retain(|_, gate| gate.strong_count() > 0);
-            map.sweep_at = (map.gates.len() * 2).max(64);
-        }
-        let gate = Arc::new(RwLock::new(()));
-        map.gates.insert(tenant, Arc::downgrade(&gate));
-        gate
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gate_is_shared_while_held_and_forgotten_after() {
-        let gates = Gates::default();
-        let tenant = TenantId::new_random();
-        let first = gates.get(tenant);
-        assert!(Arc::ptr_eq(&first, &gates.get(tenant)));
-        drop(first);
-        for _ in 0..200 {
-            drop(gates.get(TenantId::new_random()));
-        }
-        let map = gates.map.lock().unwrap();
-        assert!(
-            map.gates.len() < 200,
-            "dead gates are swept: {}",
-            map.gates.len()
-        );
-    }
+fn gate(gates: &Gates, tenant: TenantId) -> Arc<RwLock<()>> {
+    gates.get_or_make(tenant, || RwLock::new(()))
 }

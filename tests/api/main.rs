@@ -9,6 +9,7 @@ mod faults;
 mod isolation;
 mod items;
 mod lifecycle;
+mod limits;
 mod migrations;
 mod registry;
 mod restart;

@@ -2,11 +2,11 @@
 
 use tenantry::pb::ListItemsRequest;
 
-use crate::common::{new_item, spawn, spawn_with};
+use crate::common::{new_item, spawn_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_first_calls_open_the_tenant_once() {
-    let server = spawn().await;
+    let server = spawn_with(|config| config.tenant_max_concurrent_calls = 100).await;
     let acme = server.tenant("acme").await;
     assert_eq!(
         server.registry.opens(),
