@@ -7,6 +7,7 @@ mod crash;
 mod discovery;
 mod isolation;
 mod items;
+mod killloop;
 mod lifecycle;
 mod migrations;
 mod registry;
