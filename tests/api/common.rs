@@ -1,8 +1,12 @@
 //! The test harness: a real server on 127.0.0.1:0 with a temporary data
-//! directory, and clients generated from `proto/`, talking over real HTTP/2.
+//! directory, in this process or as the `tenantry` binary, and clients
+//! generated from `proto/`, talking over real HTTP/2.
 
+use std::fmt::Display;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 
 use tempfile::TempDir;
@@ -83,48 +87,120 @@ impl TestServer {
         self.dir
     }
 
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connects to the server")
-    }
-
     pub async fn admin(&self) -> TenantServiceClient<Channel> {
-        TenantServiceClient::new(self.channel().await)
+        TenantServiceClient::new(connect(self.addr).await)
     }
 
     pub async fn items(&self) -> ItemServiceClient<Channel> {
-        ItemServiceClient::new(self.channel().await)
+        ItemServiceClient::new(connect(self.addr).await)
     }
 
     /// Creates a tenant named `name` and an API key for it.
     pub async fn tenant(&self, name: &str) -> TestTenant {
-        let mut admin = self.admin().await;
-        let tenant = admin
-            .create_tenant(as_admin(CreateTenantRequest {
-                tenant: Some(pb::Tenant {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }))
-            .await
-            .expect("creates the tenant")
-            .into_inner();
-        let key = admin
-            .create_api_key(as_admin(CreateApiKeyRequest {
-                tenant_id: tenant.id.clone(),
-                description: format!("test key of {name}"),
-            }))
-            .await
-            .expect("creates a key")
-            .into_inner();
-        TestTenant {
-            id: tenant.id,
-            key: key.secret,
+        create_tenant(&mut self.admin().await, name).await
+    }
+}
+
+/// The server binary itself, `tenantry serve` on `<dir>/data`, started as an
+/// operator would start it. A process still running when this is dropped
+/// (say, by a failed assertion) is killed, so no test leaves a server behind.
+pub struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `env` added to its environment, and waits until
+    /// it logs the address it listens on.
+    pub fn start(dir: &TempDir, env: &[(&str, &str)]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("TENANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server logs its address before anything else ends")
+                .unwrap();
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { child, addr }
+    }
+
+    pub async fn admin(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(connect(&self.addr).await)
+    }
+
+    pub async fn items(&self) -> ItemServiceClient<Channel> {
+        ItemServiceClient::new(connect(&self.addr).await)
+    }
+
+    /// Waits for the process to end on its own.
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Kills the process with SIGKILL, and waits until it is gone.
+    pub fn kill(mut self) -> ExitStatus {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+    }
+}
+
+/// A connection to the server listening on `addr`.
+async fn connect(addr: impl Display) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects to the server")
+}
+
+/// Creates a tenant named `name` through the admin API, and an API key for it.
+pub async fn create_tenant(admin: &mut TenantServiceClient<Channel>, name: &str) -> TestTenant {
+    let tenant = admin
+        .create_tenant(as_admin(CreateTenantRequest {
+            tenant: Some(pb::Tenant {
+                name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("creates the tenant")
+        .into_inner();
+    let key = admin
+        .create_api_key(as_admin(CreateApiKeyRequest {
+            tenant_id: tenant.id.clone(),
+            description: format!("test key of {name}"),
+        }))
+        .await
+        .expect("creates a key")
+        .into_inner();
+    TestTenant {
+        id: tenant.id,
+        key: key.secret,
     }
 }
 
@@ -220,8 +296,19 @@ pub fn new_item(title: &str) -> pb::CreateItemRequest {
 
 /// Every item title of a tenant, newest first, across all pages.
 pub async fn all_titles(server: &TestServer, tenant: &TestTenant) -> Vec<String> {
-    let mut items = server.items().await;
-    let mut titles = Vec::new();
+    all_items(&mut server.items().await, tenant)
+        .await
+        .into_iter()
+        .map(|i| i.title)
+        .collect()
+}
+
+/// Every item of a tenant, newest first, across all pages.
+pub async fn all_items(
+    items: &mut ItemServiceClient<Channel>,
+    tenant: &TestTenant,
+) -> Vec<pb::Item> {
+    let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = items
@@ -233,9 +320,9 @@ pub async fn all_titles(server: &TestServer, tenant: &TestTenant) -> Vec<String>
             .await
             .expect("lists items")
             .into_inner();
-        titles.extend(page.items.into_iter().map(|i| i.title));
+        all.extend(page.items);
         if page.next_page_token.is_empty() {
-            return titles;
+            return all;
         }
         page_token = page.next_page_token;
     }
@@ -263,4 +350,13 @@ pub fn integrity(path: &Path) -> String {
             .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
     conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap()
+}
+
+/// Every database file under the data directory passes `integrity_check`.
+pub fn all_files_intact(data: &Path) {
+    for file in files_under(data) {
+        if file.extension().is_some_and(|e| e == "db") {
+            assert_eq!(integrity(&data.join(&file)), "ok", "{}", file.display());
+        }
+    }
 }

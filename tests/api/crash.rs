@@ -3,80 +3,33 @@
 //! operation, and a new server on the same data directory must find every
 //! tenant either as it was or as asked, never half done.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use tempfile::TempDir;
-use tenantry::pb::item_service_client::ItemServiceClient;
-use tenantry::pb::tenant_service_client::TenantServiceClient;
 use tenantry::pb::{
     self, BackupTenantRequest, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest,
     ListTenantsRequest, RestoreTenantRequest, restore_tenant_request::Source,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::common::{
-    ADMIN_TOKEN, TestServer, TestTenant, all_titles, as_admin, expect_code, files_under, integrity,
-    new_item, spawn_in, titles_in_file,
+    ServerProcess, TestServer, TestTenant, all_files_intact, all_titles, as_admin, expect_code,
+    files_under, new_item, spawn_in, titles_in_file,
 };
 
 /// The server binary, started on `dir` with a crash point armed.
-struct Crashing {
-    child: Child,
-    addr: String,
+fn start_crashing_at(dir: &TempDir, point: &str) -> ServerProcess {
+    ServerProcess::start(dir, &[(tenantry::fault::ENV, point)])
 }
 
-impl Crashing {
-    fn start(dir: &TempDir, point: &str) -> Crashing {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("TENANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("TENANTRY_CRASH_AT", point)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the server binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server logs its address before anything else ends")
-                .unwrap();
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Crashing { child, addr }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn admin(&self) -> TenantServiceClient<Channel> {
-        TenantServiceClient::new(self.channel().await)
-    }
-
-    /// Waits for the process to end, and checks it ended by crashing.
-    fn crashed(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "the server was to crash, it exited with {status}"
-        );
-    }
+/// Waits for the process to end, and checks it ended by crashing.
+fn crashed(server: ServerProcess) {
+    let status = server.wait();
+    assert!(
+        !status.success(),
+        "the server was to crash, it exited with {status}"
+    );
 }
 
 /// Sets up a data directory with an in-process server, then stops it.
@@ -93,15 +46,6 @@ async fn create_items(server: &TestServer, tenant: &TestTenant, titles: &[&str])
             .create_item(tenant.call(new_item(title)))
             .await
             .unwrap();
-    }
-}
-
-/// Every database file under the data directory passes `integrity_check`.
-fn all_files_intact(data: &Path) {
-    for file in files_under(data) {
-        if file.extension().is_some_and(|e| e == "db") {
-            assert_eq!(integrity(&data.join(&file)), "ok", "{}", file.display());
-        }
     }
 }
 
@@ -122,7 +66,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
     .await;
 
     for (name, source_tenant_id) in [("fresh", String::new()), ("copy", source.id.clone())] {
-        let crashing = Crashing::start(&dir, "create.after-file");
+        let crashing = start_crashing_at(&dir, "create.after-file");
         let failed = crashing
             .admin()
             .await
@@ -138,7 +82,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
             failed.is_err(),
             "{name}: the call cannot succeed: {failed:?}"
         );
-        crashing.crashed();
+        crashed(crashing);
         let databases = files_under(&dir.path().join("data/tenants"))
             .into_iter()
             .filter(|f| f.extension().is_some_and(|e| e == "db"))
@@ -189,7 +133,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
         })
         .await;
 
-        let crashing = Crashing::start(&dir, point);
+        let crashing = start_crashing_at(&dir, point);
         let failed = crashing
             .admin()
             .await
@@ -199,7 +143,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
             }))
             .await;
         assert!(failed.is_err(), "{point}: {failed:?}");
-        crashing.crashed();
+        crashed(crashing);
 
         let server = spawn_in(dir, |_| {}).await;
         let mut admin = server.admin().await;
@@ -211,13 +155,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
                 .await,
             Code::NotFound,
         );
-        let mut items = ItemServiceClient::new(
-            Channel::from_shared(format!("http://{}", server.addr))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
+        let mut items = server.items().await;
         expect_code(
             items
                 .list_items(doomed.call(pb::ListItemsRequest::default()))
@@ -271,7 +209,7 @@ async fn a_purge_cut_short_erases_everything_at_start_up() {
         "its file and its backup"
     );
 
-    let crashing = Crashing::start(&dir, "delete.after-mark");
+    let crashing = start_crashing_at(&dir, "delete.after-mark");
     let failed = crashing
         .admin()
         .await
@@ -281,7 +219,7 @@ async fn a_purge_cut_short_erases_everything_at_start_up() {
         }))
         .await;
     assert!(failed.is_err());
-    crashing.crashed();
+    crashed(crashing);
 
     let server = spawn_in(dir, |_| {}).await;
     assert!(
@@ -321,7 +259,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
         })
         .await;
 
-        let crashing = Crashing::start(&dir, point);
+        let crashing = start_crashing_at(&dir, point);
         let failed = crashing
             .admin()
             .await
@@ -331,7 +269,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
             }))
             .await;
         assert!(failed.is_err(), "{point}: {failed:?}");
-        crashing.crashed();
+        crashed(crashing);
 
         let server = spawn_in(dir, |_| {}).await;
         assert_eq!(all_titles(&server, &acme).await, ["a2", "a1"], "{point}");

@@ -8,6 +8,7 @@ mod discovery;
 mod faults;
 mod isolation;
 mod items;
+mod killloop;
 mod lifecycle;
 mod limits;
 mod migrations;
