@@ -39,6 +39,7 @@
 //! no credential.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clock;

@@ -35,6 +35,13 @@ pub struct VerifiedTenant {
     pub key_id: uuid::Uuid,
 }
 
+impl VerifiedTenant {
+    /// The caller as the audit trail names it.
+    pub fn actor(&self) -> String {
+        format!("keys/{}", self.key_id)
+    }
+}
+
 /// The verified tenant of an item call, as recorded by the layer.
 pub fn verified_tenant<T>(request: &tonic::Request<T>) -> Result<VerifiedTenant> {
     request

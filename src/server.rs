@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::audited::AuditedTenantApi;
 use crate::api::items::ItemApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
@@ -156,7 +157,9 @@ impl Application {
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ItemServiceServer<ItemApi>>().await;
-        health.set_serving::<TenantServiceServer<TenantApi>>().await;
+        health
+            .set_serving::<TenantServiceServer<AuditedTenantApi>>()
+            .await;
         // Both versions describe every service, themselves included.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -192,8 +195,11 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                TenantServiceServer::new(TenantApi::new(lifecycle, admin_settings))
-                    .max_decoding_message_size(config.max_message_bytes),
+                TenantServiceServer::new(AuditedTenantApi::new(
+                    TenantApi::new(lifecycle, admin_settings),
+                    registry.catalog().clone(),
+                ))
+                .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(
                 ItemServiceServer::new(ItemApi::new(registry.clone()))

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::audit;
 use crate::clock::{Micros, from_timestamp, to_timestamp};
 use crate::error::{Error, Result};
 use crate::ids::parse_canonical_uuid;
@@ -79,9 +80,14 @@ impl ItemService for ItemApi {
             description: item.description,
             completed: item.completed,
         };
+        let actor = tenant.actor();
         let created = self
             .registry
-            .write(tenant.id, move |tx| items::insert(tx, new))
+            .write(tenant.id, move |tx| {
+                let item = items::insert(tx, new)?;
+                audit::record_write(tx, "CreateItem", item.id, &actor)?;
+                Ok(item)
+            })
             .await?;
         Ok(Response::new(to_pb(&created)))
     }
@@ -155,10 +161,13 @@ impl ItemService for ItemApi {
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
         let expected_etag = (!item.etag.is_empty()).then(|| item.etag.clone());
         let changes = changes_from(item, &paths)?;
+        let actor = tenant.actor();
         let updated = self
             .registry
             .write(tenant.id, move |tx| {
-                items::update(tx, id, changes, expected_etag.as_deref())
+                let item = items::update(tx, id, changes, expected_etag.as_deref())?;
+                audit::record_write(tx, "UpdateItem", id, &actor)?;
+                Ok(item)
             })
             .await?;
         Ok(Response::new(to_pb(&updated)))
@@ -170,8 +179,12 @@ impl ItemService for ItemApi {
     ) -> Result<Response<()>, Status> {
         let tenant = verified_tenant(&request)?;
         let id = parse_canonical_uuid("id", &request.get_ref().id)?;
+        let actor = tenant.actor();
         self.registry
-            .write(tenant.id, move |tx| items::delete(tx, id))
+            .write(tenant.id, move |tx| {
+                items::delete(tx, id)?;
+                audit::record_write(tx, "DeleteItem", id, &actor)
+            })
             .await?;
         Ok(Response::new(()))
     }

@@ -2,5 +2,6 @@
 //! caller, validate the request, call the store, map the result. Errors turn
 //! into statuses in one place, [`crate::error`].
 
+pub mod audited;
 pub mod items;
 pub mod tenants;

@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::audit;
 use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
 use crate::clock::{now_micros, to_timestamp};
@@ -190,7 +191,7 @@ impl TenantService for TenantApi {
                         actor: "admin",
                         action: "CreateApiKey",
                         target: &format!("tenants/{}/keys/{}", row.tenant_id, row.id),
-                        outcome: "ok",
+                        outcome: "OK",
                     },
                 )
             })
@@ -322,8 +323,10 @@ impl TenantService for TenantApi {
             let (migrated, (ok, failed)) =
                 tokio::join!(registry.migrate_all(workers, reports), forward);
             let outcome = match &migrated {
-                Ok(()) => format!("{ok} ok, {failed} failed"),
-                Err(_) => format!("{ok} ok, {failed} failed, then stopped by an error"),
+                Ok(()) => format!("OK: {ok} migrated, {failed} failed"),
+                Err(_) => {
+                    format!("INTERNAL: {ok} migrated, {failed} failed, then stopped by an error")
+                }
             };
             tracing::info!(ok, failed, "migrated tenants");
             if let Err(error) = migrated {
@@ -385,7 +388,7 @@ impl TenantService for TenantApi {
                         actor: "admin",
                         action: "ExportTenant",
                         target: &format!("tenants/{id}"),
-                        outcome: "ok",
+                        outcome: "OK",
                     },
                 )
             })
@@ -441,6 +444,86 @@ impl TenantService for TenantApi {
         let restored = self.lifecycle.restore(id, staged, "ImportTenant").await?;
         tracing::info!(tenant = %id, sha256 = restored.sha256, "imported tenant");
         Ok(Response::new(restored_to_pb(&restored)))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let query = request.into_inner();
+        let tenant = if query.tenant_id.is_empty() {
+            None
+        } else {
+            Some(TenantId::parse("tenant_id", &query.tenant_id)?)
+        };
+        let page_size = pagination::page_size(query.page_size)?;
+        let scope = match tenant {
+            Some(id) => format!("audit/tenants/{id}"),
+            None => "audit/all".to_owned(),
+        };
+        let after = match pagination::decode(scope.as_bytes(), &query.page_token)? {
+            None => audit::Position::START,
+            Some(bytes) => audit::Position::from_bytes(&bytes).ok_or_else(|| {
+                Error::invalid(
+                    "page_token",
+                    "is damaged: pass the next_page_token of the previous page unchanged",
+                )
+            })?,
+        };
+        let (admin, state) = self
+            .catalog
+            .read(move |conn| {
+                let state = match tenant {
+                    Some(id) => store::get_tenant(conn, id)?.map(|t| t.state),
+                    None => None,
+                };
+                Ok((
+                    audit::list_admin(conn, tenant, after, page_size + 1)?,
+                    state,
+                ))
+            })
+            .await?;
+        // A tenant's own trail is in its file, while it has one.
+        let writes = match (tenant, state) {
+            (Some(id), Some(state)) if state.is_visible() => {
+                self.lifecycle
+                    .registry()
+                    .read(id, move |conn| {
+                        audit::list_writes(conn, id, after, page_size + 1)
+                    })
+                    .await?
+            }
+            (Some(id), None) => return Err(tenant_not_found(id).into()),
+            _ => Vec::new(),
+        };
+        let mut events = audit::merge(admin, writes);
+        let next_page_token = if events.len() > page_size {
+            events.truncate(page_size);
+            let last = events.last().expect("a full page has a last event");
+            pagination::encode(scope.as_bytes(), &last.position().to_bytes())
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.iter().map(event_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn event_to_pb(event: &audit::Event) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(to_timestamp(event.time)),
+        source: match event.source {
+            audit::Source::Admin => pb::AuditSource::Admin,
+            audit::Source::Tenant => pb::AuditSource::Tenant,
+        }
+        .into(),
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        target: event.target.clone(),
+        tenant_id: event.tenant_id.map(|id| id.to_string()).unwrap_or_default(),
+        outcome: event.outcome.clone(),
     }
 }
 

@@ -61,4 +61,17 @@ pub const CATALOG: &[Migration] = &[
         DROP INDEX api_keys_tenant;
     ",
     },
+    Migration {
+        description: "admin audit trail by tenant",
+        sql: "
+        -- The tenant an admin event concerns, for ListAuditEvents by tenant.
+        ALTER TABLE admin_audit ADD COLUMN tenant_id TEXT;
+        UPDATE admin_audit SET tenant_id = substr(target, 9, 36)
+            WHERE target GLOB 'tenants/[0-9a-f]*' AND length(target) >= 44;
+        UPDATE admin_audit SET outcome = 'OK' WHERE outcome = 'ok';
+        CREATE INDEX admin_audit_time ON admin_audit (time, id);
+        CREATE INDEX admin_audit_tenant ON admin_audit (tenant_id, time, id)
+            WHERE tenant_id IS NOT NULL;
+    ",
+    },
 ];

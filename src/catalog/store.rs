@@ -379,7 +379,7 @@ pub fn key_grant(conn: &Connection, key_id: Uuid) -> Result<Option<KeyGrant>> {
 }
 
 /// One entry of the admin audit trail: who did what to which target, and how
-/// it ended.
+/// it ended. The tenant it concerns is read from a target `tenants/<id>…`.
 pub struct AdminEvent<'a> {
     pub time: Micros,
     pub actor: &'a str,
@@ -389,11 +389,20 @@ pub struct AdminEvent<'a> {
 }
 
 pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<()> {
+    let tenant = crate::audit::tenant_of_target(event.target).map(|id| id.to_string());
     conn.prepare_cached(
-        "INSERT INTO admin_audit (time, actor, action, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO admin_audit (time, actor, action, target, outcome, tenant_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut statement| {
-        statement.execute(params![event.time, event.actor, event.action, event.target, event.outcome])
+        statement.execute(params![
+            event.time,
+            event.actor,
+            event.action,
+            event.target,
+            event.outcome,
+            tenant
+        ])
     })
     .context(|| format!("recording admin event {}", event.action))?;
     Ok(())

@@ -162,7 +162,7 @@ impl Lifecycle {
                     row.schema_version,
                     row.update_time,
                 )?;
-                audit(tx, "CreateTenant", &target, "ok")
+                audit(tx, "CreateTenant", &target, "OK")
             })
             .await?;
         Ok(tenant)
@@ -243,7 +243,7 @@ impl Lifecycle {
                     (TenantState::Suspended, TenantState::Active) => "ResumeTenant",
                     _ => "UpdateTenant",
                 };
-                audit(tx, action, &format!("tenants/{id}"), "ok")?;
+                audit(tx, action, &format!("tenants/{id}"), "OK")?;
                 Ok(tenant)
             })
             .await?;
@@ -271,7 +271,7 @@ impl Lifecycle {
                     tx,
                     "RevokeApiKey",
                     &format!("tenants/{}/keys/{id}", key.tenant_id),
-                    "ok",
+                    "OK",
                 )?;
                 Ok(ApiKeyRecord {
                     revoke_time: Some(now),
@@ -322,7 +322,7 @@ impl Lifecycle {
             let data_dir = self.data_dir().clone();
             run_blocking(move || erase_copies(&data_dir, id)).await?;
             self.catalog()
-                .write(move |tx| audit(tx, "PurgeTenant", &format!("tenants/{id}"), "ok"))
+                .write(move |tx| audit(tx, "PurgeTenant", &format!("tenants/{id}"), "OK"))
                 .await?;
             return Ok(());
         }
@@ -359,7 +359,7 @@ impl Lifecycle {
             self.data_dir().relative(&snapshot.path).display()
         );
         self.catalog()
-            .write(move |tx| audit(tx, "BackupTenant", &target, "ok"))
+            .write(move |tx| audit(tx, "BackupTenant", &target, "OK"))
             .await?;
         Ok(snapshot)
     }
@@ -462,7 +462,7 @@ impl Lifecycle {
         let action = action.to_owned();
         run_blocking(move || {
             finish_restore(&catalog, &data_dir, &op)?;
-            catalog.write_now(|tx| audit(tx, &action, &target, "ok"))
+            catalog.write_now(|tx| audit(tx, &action, &target, "OK"))
         })
         .await?;
         Ok(Restored {
@@ -519,7 +519,7 @@ fn finish_delete(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Resul
     catalog.write_now(|tx| {
         store::set_tenant_state_only(tx, id, TenantState::Deleted, now_micros())?;
         store::delete_operation(tx, id)?;
-        audit(tx, action, &format!("tenants/{id}"), "ok")
+        audit(tx, action, &format!("tenants/{id}"), "OK")
     })
 }
 

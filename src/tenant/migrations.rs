@@ -30,6 +30,23 @@ pub const TENANT: &[Migration] = &[
         CREATE INDEX items_due ON items (due_time) WHERE due_time IS NOT NULL;
     ",
     },
+    Migration {
+        description: "audit trail of writes",
+        sql: "
+        -- Every write to this tenant's data, in the same transaction as the
+        -- write, so that the trail travels with the tenant's file.
+        CREATE TABLE audit_events (
+            id      INTEGER PRIMARY KEY,
+            time    INTEGER NOT NULL,
+            -- CreateItem, UpdateItem, DeleteItem
+            action  TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            -- 'keys/<api key id>' (or 'admin')
+            actor   TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX audit_events_time ON audit_events (time);
+    ",
+    },
 ];
 
 /// The schema version this binary creates and serves.

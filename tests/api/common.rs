@@ -107,6 +107,8 @@ impl TestServer {
 pub struct ServerProcess {
     child: Child,
     addr: String,
+    /// Every line the server logged, once it has ended.
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -135,8 +137,12 @@ impl ServerProcess {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, addr }
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        ServerProcess {
+            child,
+            addr,
+            log: Some(log),
+        }
     }
 
     pub async fn admin(&self) -> TenantServiceClient<Channel> {
@@ -150,6 +156,18 @@ impl ServerProcess {
     /// Waits for the process to end on its own.
     pub fn wait(mut self) -> ExitStatus {
         self.child.wait().unwrap()
+    }
+
+    /// Stops the process as SIGTERM does, and returns everything it logged.
+    pub fn stop_and_read_log(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "the server stops cleanly"
+        );
+        self.log.take().unwrap().join().unwrap()
     }
 
     /// Kills the process with SIGKILL, and waits until it is gone.

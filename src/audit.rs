@@ -1,0 +1,265 @@
+//! The audit trail, kept in two places and read as one.
+//!
+//! - **Admin calls** are recorded in the catalog's `admin_audit`: a change
+//!   records itself in the transaction that makes it; every other call
+//!   (reads, and every call that failed) is recorded when it ends, by the
+//!   admin API ([`crate::api::tenants`]).
+//! - **Writes to a tenant's data** are recorded in that tenant's own
+//!   `audit_events`, in the transaction of the write, so that the trail of a
+//!   tenant's data is in its file, its backups and its exports.
+//!
+//! `ListAuditEvents` merges both, newest first. Its page token is a
+//! [`Position`] in that order: time, then source, then row id.
+
+use rusqlite::{Connection, Transaction, params};
+use uuid::Uuid;
+
+use crate::clock::{Micros, now_micros};
+use crate::error::{Context, Result};
+use crate::ids::TenantId;
+
+/// Where an event is recorded; also its rank among events of the same time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Tenant = 0,
+    Admin = 1,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub source: Source,
+    pub time: Micros,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub tenant_id: Option<TenantId>,
+    pub outcome: String,
+}
+
+impl Event {
+    pub fn position(&self) -> Position {
+        Position {
+            time: self.time,
+            source: self.source,
+            id: self.id,
+        }
+    }
+}
+
+/// A place in the merged trail, newest first: a page lists the events
+/// strictly after (older than) it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub time: Micros,
+    pub source: Source,
+    pub id: i64,
+}
+
+impl Position {
+    /// Before every event: the start of the first page.
+    pub const START: Position = Position {
+        time: i64::MAX,
+        source: Source::Admin,
+        id: i64::MAX,
+    };
+
+    pub fn to_bytes(self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(17);
+        bytes.extend_from_slice(&self.time.to_be_bytes());
+        bytes.push(self.source as u8);
+        bytes.extend_from_slice(&self.id.to_be_bytes());
+        bytes
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (time, rest) = bytes.split_first_chunk::<8>()?;
+        let (&source, id) = rest.split_first()?;
+        let id: [u8; 8] = id.try_into().ok()?;
+        Some(Position {
+            time: i64::from_be_bytes(*time),
+            source: match source {
+                0 => Source::Tenant,
+                1 => Source::Admin,
+                _ => return None,
+            },
+            id: i64::from_be_bytes(id),
+        })
+    }
+
+    /// The `(time, id)` bound below which a source's rows come after this
+    /// position: rows of the same time come after it only if their source
+    /// ranks lower, or ranks the same and their id is lower.
+    fn bound_for(self, source: Source) -> (Micros, i64) {
+        use std::cmp::Ordering::*;
+        match source.cmp(&self.source) {
+            Less => (self.time, i64::MAX),
+            Equal => (self.time, self.id),
+            Greater => (self.time, i64::MIN),
+        }
+    }
+}
+
+/// The tenant an admin event concerns, from its target `tenants/<id>…`.
+pub fn tenant_of_target(target: &str) -> Option<TenantId> {
+    let id = target.strip_prefix("tenants/")?.get(..36)?;
+    TenantId::parse("target", id).ok()
+}
+
+/// Admin events, newest first, after `after`; only those concerning
+/// `tenant` if one is given.
+pub fn list_admin(
+    conn: &Connection,
+    tenant: Option<TenantId>,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<Event>> {
+    let (time, id) = after.bound_for(Source::Admin);
+    let sql = match tenant {
+        Some(_) => {
+            "SELECT id, time, actor, action, target, tenant_id, outcome FROM admin_audit
+             WHERE tenant_id = ?1 AND (time, id) < (?2, ?3)
+             ORDER BY time DESC, id DESC LIMIT ?4"
+        }
+        None => {
+            "SELECT id, time, actor, action, target, tenant_id, outcome FROM admin_audit
+             WHERE ?1 IS NULL AND (time, id) < (?2, ?3)
+             ORDER BY time DESC, id DESC LIMIT ?4"
+        }
+    };
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| {
+            statement
+                .query_map(
+                    params![tenant.map(|t| t.to_string()), time, id, limit as i64],
+                    |row| {
+                        let tenant_id: Option<String> = row.get(5)?;
+                        Ok(Event {
+                            id: row.get(0)?,
+                            source: Source::Admin,
+                            time: row.get(1)?,
+                            actor: row.get(2)?,
+                            action: row.get(3)?,
+                            target: row.get(4)?,
+                            tenant_id: tenant_id
+                                .and_then(|id| TenantId::parse("tenant_id", &id).ok()),
+                            outcome: row.get(6)?,
+                        })
+                    },
+                )?
+                .collect()
+        })
+        .context(|| "listing admin audit events".into())
+}
+
+/// Records a write to a tenant's data, in the write's own transaction.
+pub fn record_write(tx: &Transaction<'_>, action: &str, item: Uuid, actor: &str) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit_events (time, action, item_id, actor) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            now_micros(),
+            action,
+            item.hyphenated().to_string(),
+            actor
+        ])
+    })
+    .context(|| format!("recording {action} in the audit trail"))?;
+    Ok(())
+}
+
+/// A tenant's recorded writes, newest first, after `after`.
+pub fn list_writes(
+    conn: &Connection,
+    tenant: TenantId,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<Event>> {
+    let (time, id) = after.bound_for(Source::Tenant);
+    conn.prepare_cached(
+        "SELECT id, time, action, item_id, actor FROM audit_events
+         WHERE (time, id) < (?1, ?2) ORDER BY time DESC, id DESC LIMIT ?3",
+    )
+    .and_then(|mut statement| {
+        statement
+            .query_map(params![time, id, limit as i64], |row| {
+                Ok(Event {
+                    id: row.get(0)?,
+                    source: Source::Tenant,
+                    time: row.get(1)?,
+                    action: row.get(2)?,
+                    target: format!("items/{}", row.get::<_, String>(3)?),
+                    actor: row.get(4)?,
+                    tenant_id: Some(tenant),
+                    outcome: "OK".into(),
+                })
+            })?
+            .collect()
+    })
+    .context(|| "listing the tenant's audit events".into())
+}
+
+/// Two lists, each newest first, merged newest first.
+pub fn merge(admin: Vec<Event>, tenant: Vec<Event>) -> Vec<Event> {
+    let mut events: Vec<Event> = admin.into_iter().chain(tenant).collect();
+    events.sort_by_key(|event| std::cmp::Reverse(event.position()));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_garbage_is_refused() {
+        let position = Position {
+            time: 1_700_000_000_000_000,
+            source: Source::Tenant,
+            id: 42,
+        };
+        assert_eq!(Position::from_bytes(&position.to_bytes()), Some(position));
+        assert_eq!(
+            Position::from_bytes(&Position::START.to_bytes()),
+            Some(Position::START)
+        );
+        let mut bad_source = position.to_bytes();
+        bad_source[8] = 7;
+        assert_eq!(Position::from_bytes(&bad_source), None);
+        assert_eq!(Position::from_bytes(&position.to_bytes()[..16]), None);
+        assert_eq!(
+            Position::from_bytes(&[position.to_bytes(), vec![0]].concat()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_bound_for_each_source_keeps_the_merged_order() {
+        let at = Position {
+            time: 100,
+            source: Source::Admin,
+            id: 5,
+        };
+        // Admin rows at time 100 come after it only below id 5; tenant rows
+        // at time 100 all come after it (lower rank).
+        assert_eq!(at.bound_for(Source::Admin), (100, 5));
+        assert_eq!(at.bound_for(Source::Tenant), (100, i64::MAX));
+        let at = Position {
+            source: Source::Tenant,
+            ..at
+        };
+        assert_eq!(at.bound_for(Source::Admin), (100, i64::MIN));
+    }
+
+    #[test]
+    fn the_tenant_of_a_target_is_read_only_from_a_canonical_id() {
+        let id = TenantId::new_random();
+        assert_eq!(tenant_of_target(&format!("tenants/{id}")), Some(id));
+        assert_eq!(tenant_of_target(&format!("tenants/{id}/keys/x")), Some(id));
+        assert_eq!(tenant_of_target("tenants"), None);
+        assert_eq!(
+            tenant_of_target(&format!("tenants/{}", id.to_string().to_uppercase())),
+            None
+        );
+    }
+}
