@@ -34,6 +34,7 @@ EXPECTED = {
     "backup": (True, [rf"(?m)^backups/{UUID}/\d{{8}}T\d{{6}}\.\d{{6}}Z\.db$", r"(?m)^ok\nBuy milk\nCall the bank$"]),
     "restore": (True, [r"^Call the bank\nBuy milk$"]),
     "delete": (True, [rf"(?m)^\{{\s*\}}\n{UUID}\.\d{{8}}T\d{{6}}\.\d{{6}}Z\.db$"]),
+    "audit": (True, [r"^RestoreTenant by admin OK\nBackupTenant by admin OK\nCreateItem by keys OK\nCreateItem by keys OK\nCreateApiKey by admin OK$"]),
 }
 
 BLOCK = re.compile(r"^```sh walkthrough=([a-z-]+)\n(.*?)^```$", re.M | re.S)
