@@ -166,16 +166,87 @@ where
         Box::pin(async move {
             let _permit = permit;
             let Some(timeout) = timeout else {
-                return inner.call(request).await;
+                return inner.call(request).await.map(undecodable_is_invalid);
             };
             let deadline = Instant::now() + timeout;
             match tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, inner.call(request)))
                 .await
             {
-                Ok(response) => response,
+                Ok(response) => response.map(undecodable_is_invalid),
                 Err(_) => Ok(Status::from(deadline_exceeded()).into_http()),
             }
         })
+    }
+}
+
+/// A request tonic could not decode (a string field that is not UTF-8, a
+/// truncated message) is the client's fault: INVALID_ARGUMENT, where tonic
+/// answers INTERNAL with its own message. The status is in the response's
+/// headers (a trailers-only answer) or in its trailers.
+fn undecodable_is_invalid(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if fix_status(&mut parts.headers) {
+        return Response::from_parts(parts, body);
+    }
+    Response::from_parts(parts, Body::new(FixedTrailers { inner: body }))
+}
+
+/// Turns tonic's INTERNAL for an undecodable request into INVALID_ARGUMENT;
+/// says whether the headers held a status at all.
+fn fix_status(headers: &mut HeaderMap) -> bool {
+    const INTERNAL: &str = "13";
+    let Some(status) = headers.get("grpc-status") else {
+        return false;
+    };
+    let undecodable = status == INTERNAL
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                // Percent-encoded on the wire, spaces included.
+                m.replace("%20", " ")
+                    .starts_with("failed to decode Protobuf message")
+            });
+    if undecodable {
+        let code = (tonic::Code::InvalidArgument as i32).to_string();
+        headers.insert(
+            "grpc-status",
+            code.parse().expect("a number is a header value"),
+        );
+    }
+    true
+}
+
+/// A response body whose trailers go through [`fix_status`].
+struct FixedTrailers {
+    inner: Body,
+}
+
+impl http_body::Body for FixedTrailers {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|mut frame| {
+                if let Some(trailers) = frame.trailers_mut() {
+                    fix_status(trailers);
+                }
+                frame
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod discovery;
 mod faults;
+mod hostile;
 mod isolation;
 mod items;
 mod killloop;
