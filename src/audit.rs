@@ -35,6 +35,7 @@ pub struct Event {
     pub target: String,
     pub tenant_id: Option<TenantId>,
     pub outcome: String,
+    pub detail: String,
 }
 
 impl Event {
@@ -117,12 +118,12 @@ pub fn list_admin(
     let (time, id) = after.bound_for(Source::Admin);
     let sql = match tenant {
         Some(_) => {
-            "SELECT id, time, actor, action, target, tenant_id, outcome FROM admin_audit
+            "SELECT id, time, actor, action, target, tenant_id, outcome, detail FROM admin_audit
              WHERE tenant_id = ?1 AND (time, id) < (?2, ?3)
              ORDER BY time DESC, id DESC LIMIT ?4"
         }
         None => {
-            "SELECT id, time, actor, action, target, tenant_id, outcome FROM admin_audit
+            "SELECT id, time, actor, action, target, tenant_id, outcome, detail FROM admin_audit
              WHERE ?1 IS NULL AND (time, id) < (?2, ?3)
              ORDER BY time DESC, id DESC LIMIT ?4"
         }
@@ -144,6 +145,7 @@ pub fn list_admin(
                             tenant_id: tenant_id
                                 .and_then(|id| TenantId::parse("tenant_id", &id).ok()),
                             outcome: row.get(6)?,
+                            detail: row.get(7)?,
                         })
                     },
                 )?
@@ -193,6 +195,7 @@ pub fn list_writes(
                     actor: row.get(4)?,
                     tenant_id: Some(tenant),
                     outcome: "OK".into(),
+                    detail: String::new(),
                 })
             })?
             .collect()

@@ -136,11 +136,7 @@ impl Database {
                 "the database file is missing",
             ));
         }
-        let mut conn = Connection::open_with_flags(path, EXISTING)
-            .context(|| format!("opening {}", path.display()))?;
-        settings
-            .configure(&conn)
-            .context(|| format!("opening {}", path.display()))?;
+        let mut conn = open_connection(path, settings)?;
         let prepared = prepare(&mut conn)?;
         let identity = file_identity(path)
             .context(|| format!("opening {}", path.display()))?
@@ -340,6 +336,17 @@ impl Database {
             .ok();
         }
     }
+}
+
+/// Opens one connection to an existing database file, configured like the
+/// connections of a pool. Blocking.
+pub fn open_connection(path: &Path, settings: &PoolSettings) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, EXISTING)
+        .context(|| format!("opening {}", path.display()))?;
+    settings
+        .configure(&conn)
+        .context(|| format!("opening {}", path.display()))?;
+    Ok(conn)
 }
 
 /// The device and inode of a file, or `None` if there is no file.

@@ -49,6 +49,7 @@ impl AuditedTenantApi {
                         action,
                         target: &target,
                         outcome: &outcome,
+                        detail: "",
                     },
                 )
             })
@@ -236,6 +237,34 @@ impl TenantService for AuditedTenantApi {
         };
         let result = self.inner.list_audit_events(request).await;
         self.record("ListAuditEvents", target, false, &result).await;
+        result
+    }
+
+    async fn get_tenant_usage(
+        &self,
+        request: Request<pb::GetTenantUsageRequest>,
+    ) -> Answer<pb::TenantUsage> {
+        let target = tenant_target(&request.get_ref().id);
+        let result = self.inner.get_tenant_usage(request).await;
+        self.record("GetTenantUsage", target, false, &result).await;
+        result
+    }
+
+    type SearchItemsStream = <TenantApi as TenantService>::SearchItemsStream;
+
+    /// A search records itself when its stream ends, naming the tenants it
+    /// read; only a search refused before it starts is recorded here.
+    async fn search_items(
+        &self,
+        request: Request<pb::SearchItemsRequest>,
+    ) -> Answer<Self::SearchItemsStream> {
+        let result = self.inner.search_items(request).await;
+        // The stream is not `Sync`: only its status is kept across the await.
+        let refused = result.as_ref().err().cloned().map(Err::<Response<()>, _>);
+        if let Some(refused) = refused {
+            self.record("SearchItems", "tenants".into(), true, &refused)
+                .await;
+        }
         result
     }
 }

@@ -66,6 +66,7 @@ fn to_pb(tenant: &TenantRecord) -> pb::Tenant {
         state: state.into(),
         create_time: Some(to_timestamp(tenant.create_time)),
         update_time: Some(to_timestamp(tenant.update_time)),
+        usage: None,
     }
 }
 
@@ -192,6 +193,7 @@ impl TenantService for TenantApi {
                         action: "CreateApiKey",
                         target: &format!("tenants/{}/keys/{}", row.tenant_id, row.id),
                         outcome: "OK",
+                        detail: "",
                     },
                 )
             })
@@ -342,6 +344,7 @@ impl TenantService for TenantApi {
                             action: "MigrateTenants",
                             target: "tenants",
                             outcome: &outcome,
+                            detail: "",
                         },
                     )
                 })
@@ -389,6 +392,7 @@ impl TenantService for TenantApi {
                         action: "ExportTenant",
                         target: &format!("tenants/{id}"),
                         outcome: "OK",
+                        detail: "",
                     },
                 )
             })
@@ -509,6 +513,25 @@ impl TenantService for TenantApi {
             next_page_token,
         }))
     }
+
+    async fn get_tenant_usage(
+        &self,
+        _request: Request<pb::GetTenantUsageRequest>,
+    ) -> Result<Response<pb::TenantUsage>, Status> {
+        Err(Status::unimplemented(
+            "GetTenantUsage is not implemented yet",
+        ))
+    }
+
+    type SearchItemsStream =
+        futures::stream::BoxStream<'static, Result<pb::SearchItemsResponse, Status>>;
+
+    async fn search_items(
+        &self,
+        _request: Request<pb::SearchItemsRequest>,
+    ) -> Result<Response<Self::SearchItemsStream>, Status> {
+        Err(Status::unimplemented("SearchItems is not implemented yet"))
+    }
 }
 
 fn event_to_pb(event: &audit::Event) -> pb::AuditEvent {
@@ -524,6 +547,7 @@ fn event_to_pb(event: &audit::Event) -> pb::AuditEvent {
         target: event.target.clone(),
         tenant_id: event.tenant_id.map(|id| id.to_string()).unwrap_or_default(),
         outcome: event.outcome.clone(),
+        detail: event.detail.clone(),
     }
 }
 

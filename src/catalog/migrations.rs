@@ -74,4 +74,15 @@ pub const CATALOG: &[Migration] = &[
             WHERE tenant_id IS NOT NULL;
     ",
     },
+    Migration {
+        description: "tenant last access, audit detail",
+        sql: "
+        -- The last item call for the tenant (microseconds since the epoch),
+        -- written in batches, not once per call; NULL if it never had one.
+        ALTER TABLE tenants ADD COLUMN last_access_time INTEGER;
+        -- More about an admin call than its target says (the tenants a
+        -- search read).
+        ALTER TABLE admin_audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    ",
+    },
 ];

@@ -386,13 +386,15 @@ pub struct AdminEvent<'a> {
     pub action: &'a str,
     pub target: &'a str,
     pub outcome: &'a str,
+    /// More than the target says; usually empty.
+    pub detail: &'a str,
 }
 
 pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<()> {
     let tenant = crate::audit::tenant_of_target(event.target).map(|id| id.to_string());
     conn.prepare_cached(
-        "INSERT INTO admin_audit (time, actor, action, target, outcome, tenant_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO admin_audit (time, actor, action, target, outcome, tenant_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut statement| {
         statement.execute(params![
@@ -401,7 +403,8 @@ pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<(
             event.action,
             event.target,
             event.outcome,
-            tenant
+            tenant,
+            event.detail
         ])
     })
     .context(|| format!("recording admin event {}", event.action))?;

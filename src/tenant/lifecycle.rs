@@ -76,6 +76,7 @@ fn audit(conn: &rusqlite::Connection, action: &str, target: &str, outcome: &str)
             action,
             target,
             outcome,
+            detail: "",
         },
     )
 }

@@ -57,6 +57,7 @@ struct Inner {
     data_dir: DataDir,
     pool: PoolSettings,
     opens: AtomicU64,
+    aside_reads: AtomicU64,
 }
 
 /// How often a call looks its tenant up again after finding the database it
@@ -92,6 +93,7 @@ impl Registry {
                 data_dir,
                 pool: settings.pool,
                 opens: AtomicU64::new(0),
+                aside_reads: AtomicU64::new(0),
             }),
         }
     }
@@ -164,41 +166,21 @@ impl Registry {
     }
 
     /// Opens a tenant's file and migrates it if needed, recording its new
-    /// version. Admission has already found the tenant active; if the open
-    /// fails, the catalog is asked again, because a call admitted just before
-    /// its tenant was deleted finds the file gone, and must hear NOT_FOUND,
-    /// not an internal error.
+    /// version. Admission has already found the tenant active; a failure is
+    /// explained by [`explain_failed_open`].
     async fn open_file(&self, tenant: TenantId) -> Result<(Database, Migrated)> {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
         let opened = run_blocking(move || {
-            let opened = check_file(tenant, &path).and_then(|()| {
-                Database::open(&path, &pool, |conn| {
-                    sqlite::set_wal(conn)?;
-                    schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
-                })
-            });
+            let opened = check_file(tenant, &path)
+                .and_then(|()| Database::open(&path, &pool, |conn| prepare(conn, tenant)));
             match opened {
                 Ok((database, migrated)) => {
-                    if migrated.from != migrated.to {
-                        catalog
-                            .write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
-                    }
+                    record_version(&catalog, tenant, migrated)?;
                     Ok((database, migrated))
                 }
-                Err(error) => {
-                    let state = catalog
-                        .read_now(|conn| store::get_tenant(conn, tenant))?
-                        .map(|record| record.state);
-                    match state {
-                        Some(TenantState::Active) => Err(error),
-                        Some(TenantState::Suspended) => {
-                            Err(Error::FailedPrecondition("tenant is suspended".into()))
-                        }
-                        _ => Err(Error::NotFound(format!("tenant {tenant} does not exist"))),
-                    }
-                }
+                Err(error) => Err(explain_failed_open(&catalog, tenant, error, false)?),
             }
         })
         .await;
@@ -209,6 +191,64 @@ impl Registry {
             tracing::error!(%tenant, error = %crate::error::error_chain(error), "could not open tenant database");
         }
         opened
+    }
+
+    /// Runs `f` on a tenant's data without opening the tenant here: on its
+    /// database if it is open, or else on a connection of its own, opened
+    /// for this read (migrating an old file first, as an open would) and
+    /// closed after it, which leaves the tenant one file again. Admin views
+    /// across tenants read this way, so that reading a thousand idle tenants
+    /// does not push the busy ones out of the cache. The tenant may be
+    /// suspended; the caller decides whether that matters. The call's
+    /// deadline ([`crate::limits::current`]) is checked before the file is
+    /// opened.
+    pub async fn read_aside<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if let Some(database) = self.inner.open.get(&tenant).await {
+            let result = database.read(f).await;
+            return self.checked(tenant, result).await;
+        }
+        let _shared = self.shared(tenant).await;
+        let path = self.inner.data_dir.tenant_file(tenant);
+        let pool = self.inner.pool.clone();
+        let catalog = self.inner.catalog.clone();
+        let deadline = crate::limits::current();
+        self.inner.aside_reads.fetch_add(1, Ordering::Relaxed);
+        let result = run_blocking(move || {
+            crate::limits::check(deadline)?;
+            let opened = check_file(tenant, &path).and_then(|()| {
+                let mut conn = sqlite::open_connection(&path, &pool)?;
+                let migrated = prepare(&mut conn, tenant)?;
+                Ok((conn, migrated))
+            });
+            let conn = match opened {
+                Ok((conn, migrated)) => {
+                    record_version(&catalog, tenant, migrated)?;
+                    conn
+                }
+                Err(error) => return Err(explain_failed_open(&catalog, tenant, error, true)?),
+            };
+            conn.pragma_update(None, "query_only", true)
+                .map_err(|e| Error::internal(format!("reading tenant {tenant}"), e))?;
+            let value = f(&conn);
+            // Closing the last connection checkpoints the file; an error
+            // here changes nothing that was read.
+            if let Err((_, error)) = conn.close() {
+                tracing::warn!(%tenant, %error, "closing a tenant read aside");
+            }
+            value
+        })
+        .await;
+        result.map_err(|error| self.storage_fault(tenant, error))
+    }
+
+    /// How many reads [`Registry::read_aside`] made on a connection of
+    /// their own since start.
+    pub fn aside_reads(&self) -> u64 {
+        self.inner.aside_reads.load(Ordering::Relaxed)
     }
 
     /// Holds a tenant's file in place (no move, no replace) until dropped.
@@ -342,6 +382,43 @@ fn check_file(tenant: TenantId, path: &Path) -> Result<()> {
              an operator must check it and its directory"
         ))),
     }
+}
+
+/// What every open of a tenant file does first: WAL mode, and the pending
+/// migrations.
+fn prepare(conn: &mut Connection, tenant: TenantId) -> Result<Migrated> {
+    sqlite::set_wal(conn)?;
+    schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
+}
+
+/// Records in the catalog a schema version an open brought the file to.
+fn record_version(catalog: &Catalog, tenant: TenantId, migrated: Migrated) -> Result<()> {
+    if migrated.from != migrated.to {
+        catalog.write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
+    }
+    Ok(())
+}
+
+/// The error of a tenant file that could not be opened. The catalog is asked
+/// again, because a call admitted just before its tenant was deleted finds
+/// the file gone, and must hear NOT_FOUND, not an internal error. A
+/// suspended tenant is FAILED_PRECONDITION unless `suspended_ok`. `Err` only
+/// if the catalog cannot be read.
+fn explain_failed_open(
+    catalog: &Catalog,
+    tenant: TenantId,
+    error: Error,
+    suspended_ok: bool,
+) -> Result<Error> {
+    let state = catalog
+        .read_now(|conn| store::get_tenant(conn, tenant))?
+        .map(|record| record.state);
+    Ok(match state {
+        Some(TenantState::Active) => error,
+        Some(TenantState::Suspended) if suspended_ok => error,
+        Some(TenantState::Suspended) => Error::FailedPrecondition("tenant is suspended".into()),
+        _ => Error::NotFound(format!("tenant {tenant} does not exist")),
+    })
 }
 
 fn busy(tenant: TenantId) -> Error {

@@ -698,6 +698,7 @@ async fn tampered_and_foreign_page_tokens_are_refused() {
         .list_tenants(as_admin(pb::ListTenantsRequest {
             page_size: 1,
             page_token: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()

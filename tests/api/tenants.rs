@@ -134,6 +134,7 @@ async fn tenants_are_listed_by_name_a_page_at_a_time() {
             .list_tenants(as_admin(ListTenantsRequest {
                 page_size: 2,
                 page_token: token,
+                ..Default::default()
             }))
             .await
             .unwrap()
@@ -151,6 +152,7 @@ async fn tenants_are_listed_by_name_a_page_at_a_time() {
             .list_tenants(as_admin(ListTenantsRequest {
                 page_size: -5,
                 page_token: String::new(),
+                ..Default::default()
             }))
             .await,
         Code::InvalidArgument,
@@ -160,6 +162,7 @@ async fn tenants_are_listed_by_name_a_page_at_a_time() {
             .list_tenants(as_admin(ListTenantsRequest {
                 page_size: 1,
                 page_token: "xyz".into(),
+                ..Default::default()
             }))
             .await,
         Code::InvalidArgument,
