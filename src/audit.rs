@@ -14,6 +14,7 @@
 use rusqlite::{Connection, Transaction, params};
 use uuid::Uuid;
 
+use crate::catalog::Catalog;
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Result};
 use crate::ids::TenantId;
@@ -152,6 +153,39 @@ pub fn list_admin(
                 .collect()
         })
         .context(|| "listing admin audit events".into())
+}
+
+/// An admin call, as recorded when it ends.
+pub struct AdminCall {
+    pub action: String,
+    pub target: String,
+    /// "OK" or a status code's name.
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// Records an admin call that did not record itself in the catalog's trail,
+/// when it ends. A failure to record is logged and changes nothing else.
+pub async fn record_admin_call(catalog: &Catalog, call: AdminCall) {
+    let action = call.action.clone();
+    let recorded = catalog
+        .write(move |tx| {
+            crate::catalog::store::record_admin_event(
+                tx,
+                &crate::catalog::store::AdminEvent {
+                    time: now_micros(),
+                    actor: "admin",
+                    action: &call.action,
+                    target: &call.target,
+                    outcome: &call.outcome,
+                    detail: &call.detail,
+                },
+            )
+        })
+        .await;
+    if let Err(error) = recorded {
+        tracing::error!(action, error = %crate::error::error_chain(&error), "could not record an admin call in the audit trail");
+    }
 }
 
 /// Records a write to a tenant's data, in the write's own transaction.

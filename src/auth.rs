@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, KeyGrant, store};
+use crate::catalog::{Catalog, KeyGrant, TenantState, store};
 use crate::data_dir::DataDir;
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
@@ -247,6 +247,18 @@ impl Authenticator {
         }
         tracing::warn!("refused a bearer token that is neither the admin token nor an api key");
         Err(Error::Unauthenticated(INVALID_CREDENTIAL))
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The state of a tenant the admin acts for, read from the catalog (not
+    /// cached: admin calls are few); `None` if there is no such tenant.
+    pub async fn tenant_state(&self, id: TenantId) -> Result<Option<TenantState>> {
+        self.catalog
+            .read(move |conn| Ok(store::get_tenant(conn, id)?.map(|t| t.state)))
+            .await
     }
 
     async fn grant(&self, key_id: Uuid) -> Result<Arc<KeyGrant>> {

@@ -110,7 +110,7 @@ impl From<Arc<Error>> for Error {
     }
 }
 
-fn to_status(error: &Error) -> Status {
+pub fn to_status(error: &Error) -> Status {
     match error {
         Error::InvalidArgument { field, description } => Status::with_error_details(
             Code::InvalidArgument,

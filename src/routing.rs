@@ -8,7 +8,9 @@
 //!
 //! Which credential a method needs is decided by its path, deny by default:
 //! only health and reflection are open; `tenantry.v1.ItemService` needs a
-//! tenant API key; everything else, `tenantry.v1.TenantService` and any
+//! tenant API key of the tenant named in `x-tenant-id`, or the admin token
+//! (an administrator acting for that tenant, which the item API records in
+//! the audit trail); everything else, `tenantry.v1.TenantService` and any
 //! unknown path, needs the admin token.
 
 use std::pin::Pin;
@@ -20,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::api::audited::{clip, code_name};
+use crate::audit::{AdminCall, record_admin_call};
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::TenantState;
 use crate::error::{Error, Result};
@@ -32,13 +36,25 @@ pub const TENANT_HEADER: &str = "x-tenant-id";
 #[derive(Clone, Copy, Debug)]
 pub struct VerifiedTenant {
     pub id: TenantId,
-    pub key_id: uuid::Uuid,
+    pub acting: Acting,
+}
+
+/// Who acts for a verified tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acting {
+    /// One of the tenant's own API keys.
+    Key(uuid::Uuid),
+    /// The administrator, for support and investigations: audited.
+    Admin,
 }
 
 impl VerifiedTenant {
     /// The caller as the audit trail names it.
     pub fn actor(&self) -> String {
-        format!("keys/{}", self.key_id)
+        match self.acting {
+            Acting::Key(key_id) => format!("keys/{key_id}"),
+            Acting::Admin => "admin".to_owned(),
+        }
     }
 }
 
@@ -115,7 +131,7 @@ impl TenantCalls {
             .get_or_make(tenant.id, || Semaphore::new(limit))
             .try_acquire_owned()
             .map_err(|_| {
-                tracing::warn!(tenant = %tenant.id, key_id = %tenant.key_id, limit, "refused a call over the tenant's concurrency limit");
+                tracing::warn!(tenant = %tenant.id, actor = %tenant.actor(), limit, "refused a call over the tenant's concurrency limit");
                 Error::ResourceExhausted(format!(
                     "tenant {} already has {limit} calls in flight, the most one tenant may have: \
                      wait for some to finish, or retry with backoff",
@@ -171,13 +187,12 @@ where
         let auth = self.auth.clone();
         let calls = self.calls.clone();
         Box::pin(async move {
-            let admitted =
-                admit(&auth, policy, request.headers())
-                    .await
-                    .and_then(|(caller, tenant)| {
-                        let slot = tenant.map(|tenant| calls.take(tenant)).transpose()?;
-                        Ok((caller, tenant, slot))
-                    });
+            let admitted = admit(&auth, policy, request.uri().path(), request.headers())
+                .await
+                .and_then(|(caller, tenant)| {
+                    let slot = tenant.map(|tenant| calls.take(tenant)).transpose()?;
+                    Ok((caller, tenant, slot))
+                });
             match admitted {
                 Ok((caller, tenant, _slot)) => {
                     request.extensions_mut().insert(caller);
@@ -195,6 +210,7 @@ where
 async fn admit(
     auth: &Authenticator,
     policy: Policy,
+    path: &str,
     headers: &HeaderMap,
 ) -> Result<(Caller, Option<VerifiedTenant>)> {
     let authorization = headers
@@ -210,9 +226,31 @@ async fn admit(
                 "an API key cannot call the admin API: use the admin token",
             ))
         }
-        (Policy::Tenant, Caller::Admin) => Err(Error::PermissionDenied(
-            "the admin token does not act for a tenant: use an API key of the tenant",
-        )),
+        (Policy::Tenant, Caller::Admin) => {
+            let admitted = async {
+                let requested = requested_tenant(headers)?;
+                let state = auth.tenant_state(requested).await?;
+                serving(requested, Acting::Admin, state)
+            }
+            .await;
+            if let Err(error) = &admitted {
+                // Admitted calls are recorded by the item API; this one ends here.
+                let action = path.rsplit('/').next().unwrap_or_default().to_owned();
+                let target = match headers.get(TENANT_HEADER).map(|v| v.to_str()) {
+                    Some(Ok(text)) => format!("tenants/{}/items", clip(text)),
+                    _ => "tenants".to_owned(),
+                };
+                let code = crate::error::to_status(error).code();
+                let call = AdminCall {
+                    action,
+                    target,
+                    outcome: code_name(code).into(),
+                    detail: String::new(),
+                };
+                record_admin_call(auth.catalog(), call).await;
+            }
+            admitted.map(|tenant| (caller, Some(tenant)))
+        }
         (Policy::Tenant, Caller::Tenant { tenant_id, key_id }) => {
             let requested = requested_tenant(headers)?;
             if requested != tenant_id {
@@ -222,26 +260,23 @@ async fn admit(
                     "this API key does not act for the tenant named in x-tenant-id",
                 ));
             }
-            let state = grant
-                .map(|g| g.tenant_state)
-                .unwrap_or(TenantState::Deleted);
-            match state {
-                TenantState::Active => Ok((
-                    caller,
-                    Some(VerifiedTenant {
-                        id: tenant_id,
-                        key_id,
-                    }),
-                )),
-                TenantState::Suspended => {
-                    Err(Error::FailedPrecondition("tenant is suspended".into()))
-                }
-                TenantState::Provisioning | TenantState::Deleting | TenantState::Deleted => Err(
-                    Error::NotFound(format!("tenant {tenant_id} does not exist")),
-                ),
-            }
+            let state = grant.map(|g| g.tenant_state);
+            serving(tenant_id, Acting::Key(key_id), state).map(|tenant| (caller, Some(tenant)))
         }
         (Policy::Open, _) => unreachable!("open calls are not admitted"),
+    }
+}
+
+/// The tenant an item call acts for, if its state lets it be served.
+fn serving(id: TenantId, acting: Acting, state: Option<TenantState>) -> Result<VerifiedTenant> {
+    match state {
+        Some(TenantState::Active) => Ok(VerifiedTenant { id, acting }),
+        Some(TenantState::Suspended) => {
+            Err(Error::FailedPrecondition("tenant is suspended".into()))
+        }
+        Some(TenantState::Provisioning | TenantState::Deleting | TenantState::Deleted) | None => {
+            Err(Error::NotFound(format!("tenant {id} does not exist")))
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::api::audited::AuditedTenantApi;
+use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
 use crate::api::items::ItemApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
@@ -156,7 +156,9 @@ impl Application {
         };
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<ItemServiceServer<ItemApi>>().await;
+        health
+            .set_serving::<ItemServiceServer<AuditedItemApi>>()
+            .await;
         health
             .set_serving::<TenantServiceServer<AuditedTenantApi>>()
             .await;
@@ -202,8 +204,11 @@ impl Application {
                 .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(
-                ItemServiceServer::new(ItemApi::new(registry.clone()))
-                    .max_decoding_message_size(config.max_message_bytes),
+                ItemServiceServer::new(AuditedItemApi::new(
+                    ItemApi::new(registry.clone()),
+                    registry.catalog().clone(),
+                ))
+                .max_decoding_message_size(config.max_message_bytes),
             )
             .serve_with_incoming_shutdown(accept(listener), signal);
 

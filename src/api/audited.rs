@@ -1,18 +1,34 @@
-//! The admin API as served: [`TenantApi`] with every call recorded in the
-//! audit trail (who, what, which target, when, how it ended).
+//! The services as served, with every admin call recorded in the audit
+//! trail (who, what, which target, when, how it ended):
 //!
-//! A change that succeeds records itself, in the transaction that makes it
-//! (see [`crate::tenant::lifecycle`]), so that no change is ever committed
-//! without its record. Everything else is recorded here, when the call ends:
-//! reads, and every call that failed or was refused. A failure to record is
-//! logged and does not change the call's answer.
+//! - [`AuditedTenantApi`], the admin API. A change that succeeds records
+//!   itself, in the transaction that makes it (see
+//!   [`crate::tenant::lifecycle`]), so that no change is ever committed
+//!   without its record. Everything else is recorded here, when the call
+//!   ends: reads, and every call that failed or was refused.
+//! - [`AuditedItemApi`], the item API, where the administrator may act for a
+//!   tenant: each such call is recorded as an admin call on that tenant,
+//!   with its outcome. (Its writes are also recorded in the tenant's own
+//!   trail, like every write, with the actor `admin`.) Calls made with the
+//!   tenant's own keys are not recorded here.
+//!
+//! A failure to record is logged and does not change the call's answer.
 
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::api::items::ItemApi;
 use crate::api::tenants::TenantApi;
-use crate::catalog::{Catalog, store};
-use crate::clock::now_micros;
-use crate::pb::{self, tenant_service_server::TenantService};
+use crate::audit::{AdminCall, record_admin_call};
+use crate::catalog::Catalog;
+use crate::pb::{self, item_service_server::ItemService, tenant_service_server::TenantService};
+use crate::routing::{Acting, verified_tenant};
+
+fn outcome_of<T>(result: &Result<Response<T>, Status>) -> String {
+    match result {
+        Ok(_) => "OK".to_owned(),
+        Err(status) => code_name(status.code()).to_owned(),
+    }
+}
 
 pub struct AuditedTenantApi {
     inner: TenantApi,
@@ -33,30 +49,16 @@ impl AuditedTenantApi {
         changes: bool,
         result: &Result<Response<T>, Status>,
     ) {
-        let outcome = match result {
-            Ok(_) if changes => return,
-            Ok(_) => "OK".to_owned(),
-            Err(status) => code_name(status.code()).to_owned(),
-        };
-        let recorded = self
-            .catalog
-            .write(move |tx| {
-                store::record_admin_event(
-                    tx,
-                    &store::AdminEvent {
-                        time: now_micros(),
-                        actor: "admin",
-                        action,
-                        target: &target,
-                        outcome: &outcome,
-                        detail: "",
-                    },
-                )
-            })
-            .await;
-        if let Err(error) = recorded {
-            tracing::error!(action, error = %crate::error::error_chain(&error), "could not record an admin call in the audit trail");
+        if changes && result.is_ok() {
+            return;
         }
+        let call = AdminCall {
+            action: action.into(),
+            target,
+            outcome: outcome_of(result),
+            detail: String::new(),
+        };
+        record_admin_call(&self.catalog, call).await;
     }
 }
 
@@ -66,7 +68,7 @@ fn tenant_target(id: &str) -> String {
     format!("tenants/{}", clip(id))
 }
 
-fn clip(text: &str) -> String {
+pub fn clip(text: &str) -> String {
     const MAX: usize = 64;
     let mut clipped: String = text.chars().take(MAX).collect();
     if text.chars().count() > MAX {
@@ -266,6 +268,105 @@ impl TenantService for AuditedTenantApi {
                 .await;
         }
         result
+    }
+}
+
+/// The item API, with the calls the administrator makes for a tenant
+/// recorded as admin calls on that tenant.
+pub struct AuditedItemApi {
+    inner: ItemApi,
+    catalog: Catalog,
+}
+
+impl AuditedItemApi {
+    pub fn new(inner: ItemApi, catalog: Catalog) -> Self {
+        AuditedItemApi { inner, catalog }
+    }
+
+    /// Runs an item call; if the administrator made it, records it against
+    /// `tenants/<id>/items[/<item id>]`. `item` names the item the request
+    /// names, if any; `created` the item a successful call answered with.
+    async fn call<Q, T>(
+        &self,
+        action: &'static str,
+        request: Request<Q>,
+        item: impl FnOnce(&Q) -> Option<String>,
+        created: impl FnOnce(&T) -> Option<String>,
+        run: impl AsyncFnOnce(Request<Q>) -> Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let admin = verified_tenant(&request)
+            .ok()
+            .filter(|tenant| tenant.acting == Acting::Admin);
+        let Some(tenant) = admin else {
+            return run(request).await;
+        };
+        let mut target = format!("tenants/{}/items", tenant.id);
+        if let Some(id) = item(request.get_ref()) {
+            target = format!("{target}/{}", clip(&id));
+        }
+        let result = run(request).await;
+        if let Ok(response) = &result
+            && let Some(id) = created(response.get_ref())
+        {
+            target = format!("{target}/{id}");
+        }
+        let call = AdminCall {
+            action: action.into(),
+            target,
+            outcome: outcome_of(&result),
+            detail: String::new(),
+        };
+        record_admin_call(&self.catalog, call).await;
+        result
+    }
+}
+
+fn no_item<Q>(_: &Q) -> Option<String> {
+    None
+}
+
+#[tonic::async_trait]
+impl ItemService for AuditedItemApi {
+    async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Answer<pb::Item> {
+        let created = |item: &pb::Item| Some(item.id.clone());
+        self.call("CreateItem", request, no_item, created, async |r| {
+            self.inner.create_item(r).await
+        })
+        .await
+    }
+
+    async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Answer<pb::Item> {
+        let item = |q: &pb::GetItemRequest| Some(q.id.clone());
+        self.call("GetItem", request, item, no_item, async |r| {
+            self.inner.get_item(r).await
+        })
+        .await
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Answer<pb::ListItemsResponse> {
+        self.call("ListItems", request, no_item, no_item, async |r| {
+            self.inner.list_items(r).await
+        })
+        .await
+    }
+
+    async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Answer<pb::Item> {
+        let item = |q: &pb::UpdateItemRequest| q.item.as_ref().map(|i| i.id.clone());
+        self.call("UpdateItem", request, item, no_item, async |r| {
+            self.inner.update_item(r).await
+        })
+        .await
+    }
+
+    async fn delete_item(&self, request: Request<pb::DeleteItemRequest>) -> Answer<()> {
+        let item = |q: &pb::DeleteItemRequest| Some(q.id.clone());
+        self.call("DeleteItem", request, item, no_item, async |r| {
+            self.inner.delete_item(r).await
+        })
+        .await
     }
 }
 

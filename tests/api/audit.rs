@@ -17,7 +17,7 @@ use crate::common::{
 };
 
 /// Every event of a trail, newest first, across pages of `page_size`.
-async fn trail(server: &TestServer, tenant_id: &str, page_size: i32) -> Vec<AuditEvent> {
+pub async fn trail(server: &TestServer, tenant_id: &str, page_size: i32) -> Vec<AuditEvent> {
     let mut admin = server.admin().await;
     let (mut events, mut page_token) = (Vec::new(), String::new());
     loop {

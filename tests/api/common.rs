@@ -260,6 +260,17 @@ pub fn as_admin<T>(message: T) -> Request<T> {
     )
 }
 
+/// A request with the admin token, acting for the tenant `tenant_id`.
+pub fn as_admin_for<T>(tenant_id: &str, message: T) -> Request<T> {
+    with_metadata(
+        message,
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("x-tenant-id", tenant_id),
+        ],
+    )
+}
+
 /// A request with exactly these metadata entries (a key may repeat).
 pub fn with_metadata<T>(message: T, entries: &[(&'static str, &str)]) -> Request<T> {
     let mut request = Request::new(message);

@@ -589,12 +589,25 @@ async fn malformed_metadata_gets_its_status_and_changes_nothing() {
             Code::PermissionDenied,
         ),
         (
-            "the admin token",
+            "the admin token with no tenant id",
+            vec![("authorization", admin.as_bytes())],
+            Code::InvalidArgument,
+        ),
+        (
+            "the admin token with an upper-case id",
             vec![
                 ("authorization", admin.as_bytes()),
-                ("x-tenant-id", id.as_bytes()),
+                ("x-tenant-id", upper.as_bytes()),
             ],
-            Code::PermissionDenied,
+            Code::InvalidArgument,
+        ),
+        (
+            "the admin token for a tenant that does not exist",
+            vec![
+                ("authorization", admin.as_bytes()),
+                ("x-tenant-id", nil.as_bytes()),
+            ],
+            Code::NotFound,
         ),
     ];
     let mut ran = 0;

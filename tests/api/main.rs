@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts a real server on an ephemeral port with a
 //! temporary data directory and talks to it through the generated clients.
 
+mod acting;
 mod audit;
 mod backups;
 mod common;
