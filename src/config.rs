@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MIGRATE_WORKERS", default_value_t = 4)]
     pub migrate_workers: usize,
 
+    /// Tenants one SearchItems call reads at once (each one that is not open
+    /// costs a file open and three file descriptors while it is read).
+    #[arg(long, env = "TENANTRY_SEARCH_PARALLELISM", default_value_t = 4)]
+    pub search_parallelism: usize,
+
     /// The largest snapshot ImportTenant accepts, in bytes.
     #[arg(long, env = "TENANTRY_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
     pub max_import_bytes: u64,

@@ -193,6 +193,40 @@ pub fn list(
     Ok(rows)
 }
 
+/// Up to `limit` items whose title contains `text` (ASCII letters in either
+/// case; `%` and `_` are plain characters), newest first, only those whose
+/// `completed` equals the filter when one is given. A search reads every
+/// item of the tenant: titles are not indexed for substrings.
+pub fn search(
+    conn: &Connection,
+    text: &str,
+    completed: Option<bool>,
+    limit: usize,
+) -> Result<Vec<Item>> {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    let sql = format!(
+        "SELECT {COLUMNS} FROM items
+         WHERE title LIKE ?1 ESCAPE '\\' AND (?2 IS NULL OR completed = ?2)
+         ORDER BY create_time DESC, id DESC LIMIT ?3"
+    );
+    let mut statement = conn
+        .prepare_cached(&sql)
+        .context(|| "searching items".into())?;
+    let rows = statement
+        .query_map(params![pattern, completed, limit as i64], item_from_row)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .context(|| "searching items".into())?;
+    Ok(rows)
+}
+
 /// Applies `changes` to an item. With `expected_etag`, the update happens
 /// only if the item is still at that version; otherwise it is ABORTED.
 pub fn update(

@@ -36,8 +36,12 @@ use tower::{Layer, Service};
 use crate::error::{Error, Result};
 
 /// Paths whose calls may run longer than the default timeout: uploads of
-/// whole tenant databases. The client's own deadline still applies.
-const LONG_CALLS: [&str; 1] = ["/tenantry.v1.TenantService/ImportTenant"];
+/// whole tenant databases, and searches across every tenant. The client's
+/// own deadline still applies.
+const LONG_CALLS: [&str; 2] = [
+    "/tenantry.v1.TenantService/ImportTenant",
+    "/tenantry.v1.TenantService/SearchItems",
+];
 const HEALTH: &str = "/grpc.health.v1.Health/";
 
 #[derive(Clone, Debug)]
@@ -58,6 +62,15 @@ tokio::task_local! {
 /// before it starts, so that a call nobody waits for any more is not done.
 pub fn current() -> Option<Instant> {
     DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
+/// Runs `f` with `deadline` as the call's deadline: for work a call goes on
+/// with after its handler returned, such as the items of a stream.
+pub async fn within<F: Future>(deadline: Option<Instant>, f: F) -> F::Output {
+    match deadline {
+        Some(deadline) => DEADLINE.scope(deadline, f).await,
+        None => f.await,
+    }
 }
 
 /// Fails if `deadline` has passed.

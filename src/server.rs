@@ -153,6 +153,7 @@ impl Application {
         let admin_settings = AdminSettings {
             migrate_workers: config.migrate_workers,
             max_import_bytes: config.max_import_bytes,
+            search_parallelism: config.search_parallelism,
         };
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -22,7 +22,7 @@ impl ItemApi {
     }
 }
 
-fn to_pb(item: &Item) -> pb::Item {
+pub fn to_pb(item: &Item) -> pb::Item {
     pb::Item {
         id: item.id.hyphenated().to_string(),
         title: item.title.clone(),

@@ -4,4 +4,5 @@
 
 pub mod audited;
 pub mod items;
+pub mod search;
 pub mod tenants;

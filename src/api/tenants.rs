@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::api::search;
 use crate::audit;
 use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
@@ -36,6 +37,8 @@ pub struct AdminSettings {
     pub migrate_workers: usize,
     /// The largest snapshot ImportTenant accepts.
     pub max_import_bytes: u64,
+    /// Tenants one SearchItems reads at once.
+    pub search_parallelism: usize,
 }
 
 impl TenantApi {
@@ -523,14 +526,19 @@ impl TenantService for TenantApi {
         ))
     }
 
-    type SearchItemsStream =
-        futures::stream::BoxStream<'static, Result<pb::SearchItemsResponse, Status>>;
+    type SearchItemsStream = search::SearchStream;
 
     async fn search_items(
         &self,
-        _request: Request<pb::SearchItemsRequest>,
+        request: Request<pb::SearchItemsRequest>,
     ) -> Result<Response<Self::SearchItemsStream>, Status> {
-        Err(Status::unimplemented("SearchItems is not implemented yet"))
+        let query = search::Query::parse(request.into_inner())?;
+        Ok(Response::new(search::search(
+            self.lifecycle.registry().clone(),
+            query,
+            self.settings.search_parallelism,
+            crate::limits::current(),
+        )))
     }
 }
 

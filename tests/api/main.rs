@@ -17,4 +17,5 @@ mod limits;
 mod migrations;
 mod registry;
 mod restart;
+mod search;
 mod tenants;
