@@ -353,10 +353,17 @@ impl Registry {
     }
 
     /// Closes every open tenant database: for shutdown, once no call is in
-    /// flight. Each pool closes its connections as it is dropped, and the
-    /// last connection of a WAL database checkpoints it, so each tenant is
-    /// left as one self-contained file.
+    /// flight. Each database is retired, which closes its connections now
+    /// (the cache lets go of a removed value only at a later maintenance
+    /// run), and the last connection of a WAL database checkpoints it, so
+    /// each tenant is left as one self-contained file.
     pub async fn close_all(&self) {
+        let open: Vec<TenantId> = self.inner.open.iter().map(|(id, _)| *id).collect();
+        for tenant in open {
+            if let Some(database) = self.inner.open.remove(&tenant).await {
+                database.retire().await;
+            }
+        }
         self.inner.open.invalidate_all();
         self.inner.open.run_pending_tasks().await;
     }

@@ -69,3 +69,47 @@ async fn tenants_beyond_the_bound_are_closed_and_reopen_on_their_next_call() {
         "closed tenants were opened again"
     );
 }
+
+/// How many of this process's file descriptors are open on `path` or its
+/// `-wal` and `-shm` companions.
+fn descriptors_on(path: &std::path::Path) -> usize {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| {
+            target.parent() == path.parent()
+                && target
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&name))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn closing_every_tenant_closes_their_files_at_once() {
+    let server = spawn_with(|_| {}).await;
+    let mut items = server.items().await;
+    let mut files = Vec::new();
+    for name in ["alpha", "bravo", "charlie"] {
+        let tenant = server.tenant(name).await;
+        items
+            .create_item(tenant.call(new_item("an item")))
+            .await
+            .unwrap();
+        let file = server.tenant_file(&tenant.id);
+        assert!(descriptors_on(&file) > 0, "{name} is open");
+        files.push(file);
+    }
+    server.registry.close_all().await;
+    for file in &files {
+        assert_eq!(descriptors_on(file), 0, "{} is still open", file.display());
+        let wal = file.with_extension("db-wal");
+        assert!(
+            !wal.exists(),
+            "the last connection checkpointed {}",
+            wal.display()
+        );
+    }
+}
