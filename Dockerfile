@@ -19,6 +19,10 @@ ENV TENANTRY_LISTEN=0.0.0.0:50051 \
     TENANTRY_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 50051
+# The binary asks itself: grpc.health.v1 on TENANTRY_LISTEN (0.0.0.0 means
+# this host). NOT_SERVING while draining at shutdown.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/tenantry", "health", "--timeout-ms", "3000"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tenantry"]
 CMD ["serve"]

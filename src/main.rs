@@ -24,6 +24,24 @@ enum Command {
     /// Bring every tenant database to this binary's schema version, with the
     /// server stopped. A running server does the same with MigrateTenants.
     Migrate(Config),
+    /// Ask a running server whether it is serving (`grpc.health.v1`): exit
+    /// status 0 if it is, 1 if not or if it cannot be reached. For container
+    /// health checks, with no other binary.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The server's address. An unspecified address (`0.0.0.0`, `[::]`), as
+    /// a container's `TENANTRY_LISTEN` usually is, means this host.
+    #[arg(long, env = "TENANTRY_LISTEN", default_value = "127.0.0.1:50051")]
+    addr: std::net::SocketAddr,
+    /// The service to ask about; empty for the server as a whole.
+    #[arg(long, default_value = "")]
+    service: String,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -43,11 +61,62 @@ fn main() -> ExitCode {
         Some(Command::Serve(config)) => runtime.block_on(serve(config)),
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
+        Some(Command::Health(args)) => return runtime.block_on(health(args)),
     };
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tenantry health`: prints the serving status, or why there is none.
+async fn health(args: HealthArgs) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut addr = args.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = std::time::Duration::from_millis(args.timeout_ms);
+    let asked = tokio::time::timeout(timeout, async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot connect to {addr} ({}): is the server running there?",
+                    tenantry::error::error_chain(&e)
+                )
+            })?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .map(|answer| answer.into_inner().status())
+            .map_err(|status| format!("{addr} answered {:?}: {}", status.code(), status.message()))
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer from {addr} within {timeout:?}")));
+    match asked {
+        Ok(ServingStatus::Serving) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Err(problem) => {
+            eprintln!("tenantry health: {problem}");
             ExitCode::FAILURE
         }
     }

@@ -185,6 +185,17 @@ impl Application {
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; waiting for calls in flight");
+            // Watchers of the health service (load balancers, orchestrators)
+            // hear that this instance is going away before it does.
+            health
+                .set_not_serving::<ItemServiceServer<AuditedItemApi>>()
+                .await;
+            health
+                .set_not_serving::<TenantServiceServer<AuditedTenantApi>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             let _ = drain_started.send(());
         };
         let serve = Server::builder()

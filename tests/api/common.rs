@@ -79,12 +79,20 @@ impl TestServer {
     /// Stops the server the way SIGTERM does, waits until it has closed every
     /// tenant database, and hands back its directory.
     pub async fn stop(mut self) -> Arc<TempDir> {
-        self.stop.take().unwrap().send(()).unwrap();
+        self.begin_stop();
         self.task
             .await
             .unwrap()
             .expect("the server shuts down cleanly");
         self.dir
+    }
+
+    /// Tells the server to shut down, without waiting for it: it drains the
+    /// calls in flight meanwhile. Finish with [`TestServer::stop`].
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).unwrap();
+        }
     }
 
     pub async fn admin(&self) -> TenantServiceClient<Channel> {
@@ -187,7 +195,7 @@ impl Drop for ServerProcess {
 }
 
 /// A connection to the server listening on `addr`.
-async fn connect(addr: impl Display) -> Channel {
+pub async fn connect(addr: impl Display) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

@@ -8,6 +8,7 @@ mod common;
 mod crash;
 mod discovery;
 mod faults;
+mod health;
 mod hostile;
 mod isolation;
 mod items;
