@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MIGRATE_WORKERS", default_value_t = 4)]
     pub migrate_workers: usize,
 
+    /// How often the last access time of each tenant called is written to
+    /// the catalog, in one batch (and at shutdown). Usage figures are exact
+    /// regardless; this bounds what a crash can lose.
+    #[arg(long, env = "TENANTRY_ACCESS_FLUSH_SECS", default_value_t = 30)]
+    pub access_flush_secs: u64,
+
     /// Tenants one SearchItems call reads at once (each one that is not open
     /// costs a file open and three file descriptors while it is read).
     #[arg(long, env = "TENANTRY_SEARCH_PARALLELISM", default_value_t = 4)]
@@ -143,6 +149,10 @@ impl Config {
             default_timeout: Duration::from_millis(self.call_timeout_ms),
             max_message_bytes: self.max_message_bytes,
         }
+    }
+
+    pub fn access_flush(&self) -> Duration {
+        Duration::from_secs(self.access_flush_secs.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

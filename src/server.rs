@@ -224,11 +224,34 @@ impl Application {
             )
             .serve_with_incoming_shutdown(accept(listener), signal);
 
+        let flushing = tokio::spawn(flush_accesses(registry.clone(), config.access_flush()));
         let grace = config.shutdown_grace();
         let served = run_with_grace(serve, drain_signal, grace).await;
+        flushing.abort();
         registry.close_all().await;
         tracing::info!("every tenant database is closed");
+        if let Err(error) = registry.flush_accesses().await {
+            tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");
+        }
         served
+    }
+}
+
+/// Writes the tenants' last access times to the catalog every `every`, in
+/// one batch, until aborted.
+async fn flush_accesses(registry: Registry, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match registry.flush_accesses().await {
+            Ok(0) => {}
+            Ok(tenants) => tracing::debug!(tenants, "recorded the last accesses of tenants"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants; will retry");
+            }
+        }
     }
 }
 

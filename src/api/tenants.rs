@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -17,8 +18,10 @@ use crate::ids::{TenantId, TenantName, parse_canonical_uuid};
 use crate::pagination::{self, Cursor};
 use crate::pb::{self, tenant_service_server::TenantService};
 use crate::sqlite::run_blocking;
+use crate::tenant::Registry;
 use crate::tenant::lifecycle::{Lifecycle, Restored, Snapshot, TenantChanges};
 use crate::tenant::migrate::MigrationReport;
+use crate::tenant::usage::Usage;
 
 const MAX_DISPLAY_NAME_CHARS: usize = 200;
 const MAX_KEY_DESCRIPTION_CHARS: usize = 200;
@@ -158,8 +161,23 @@ impl TenantService for TenantApi {
         } else {
             String::new()
         };
+        let mut tenants: Vec<pb::Tenant> = page.iter().map(to_pb).collect();
+        if query.include_usage {
+            let registry = self.lifecycle.registry().clone();
+            let usages: Vec<Usage> = futures::stream::iter(page.clone())
+                .map(move |record| {
+                    let registry = registry.clone();
+                    async move { page_usage(&registry, &record).await }
+                })
+                .buffered(USAGE_PARALLELISM)
+                .try_collect()
+                .await?;
+            for (tenant, usage) in tenants.iter_mut().zip(&usages) {
+                tenant.usage = Some(usage_to_pb(usage));
+            }
+        }
         Ok(Response::new(pb::ListTenantsResponse {
-            tenants: page.iter().map(to_pb).collect(),
+            tenants,
             next_page_token,
         }))
     }
@@ -495,7 +513,7 @@ impl TenantService for TenantApi {
             (Some(id), Some(state)) if state.is_visible() => {
                 self.lifecycle
                     .registry()
-                    .read(id, move |conn| {
+                    .read_aside(id, move |conn| {
                         audit::list_writes(conn, id, after, page_size + 1)
                     })
                     .await?
@@ -519,11 +537,17 @@ impl TenantService for TenantApi {
 
     async fn get_tenant_usage(
         &self,
-        _request: Request<pb::GetTenantUsageRequest>,
+        request: Request<pb::GetTenantUsageRequest>,
     ) -> Result<Response<pb::TenantUsage>, Status> {
-        Err(Status::unimplemented(
-            "GetTenantUsage is not implemented yet",
-        ))
+        let id = TenantId::parse("id", &request.get_ref().id)?;
+        let record = self
+            .catalog
+            .read(move |conn| store::get_tenant(conn, id))
+            .await?
+            .filter(|tenant| tenant.state.is_visible())
+            .ok_or_else(|| tenant_not_found(id))?;
+        let usage = self.lifecycle.registry().usage(&record).await?;
+        Ok(Response::new(usage_to_pb(&usage)))
     }
 
     type SearchItemsStream = search::SearchStream;
@@ -539,6 +563,35 @@ impl TenantService for TenantApi {
             self.settings.search_parallelism,
             crate::limits::current(),
         )))
+    }
+}
+
+/// Tenants whose files ListTenants reads at once for `include_usage`.
+const USAGE_PARALLELISM: usize = 4;
+
+/// A tenant's usage for a page of ListTenants: a file that cannot be read
+/// does not fail the page; its entry has what is known without it (an item
+/// count of 0), and the failure is logged.
+async fn page_usage(registry: &Registry, record: &TenantRecord) -> Result<Usage> {
+    match registry.usage(record).await {
+        Ok(usage) => Ok(usage),
+        Err(error) => {
+            tracing::warn!(tenant = %record.id, error = %crate::error::error_chain(&error), "could not read a tenant's usage");
+            registry.known_usage(record).await
+        }
+    }
+}
+
+fn usage_to_pb(usage: &Usage) -> pb::TenantUsage {
+    pb::TenantUsage {
+        tenant_id: usage.tenant_id.to_string(),
+        size_bytes: usage.size_bytes(),
+        database_bytes: usage.database_bytes,
+        wal_bytes: usage.wal_bytes,
+        item_count: usage.item_count.unwrap_or(0),
+        schema_version: usage.schema_version,
+        last_access_time: usage.last_access_time.map(to_timestamp),
+        open: usage.open,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct TenantRecord {
     pub schema_version: u32,
     pub create_time: Micros,
     pub update_time: Micros,
+    /// The last call to the tenant's data as last flushed to the catalog
+    /// (see [`crate::tenant::Registry::flush_accesses`]); `None` if never.
+    pub last_access_time: Option<Micros>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +88,7 @@ pub struct KeyGrant {
 }
 
 const TENANT_COLUMNS: &str =
-    "id, name, display_name, state, schema_version, create_time, update_time";
+    "id, name, display_name, state, schema_version, create_time, update_time, last_access_time";
 
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
     let id: String = row.get(0)?;
@@ -97,6 +100,7 @@ fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<TenantRecord> {
         schema_version: row.get(4)?,
         create_time: row.get(5)?,
         update_time: row.get(6)?,
+        last_access_time: row.get(7)?,
     })
 }
 
@@ -108,7 +112,7 @@ fn parse_tenant_id(text: &str) -> rusqlite::Result<TenantId> {
 
 pub fn insert_tenant(conn: &Connection, tenant: &TenantRecord) -> Result<()> {
     let inserted = conn.execute(
-        &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![
             tenant.id.to_string(),
             tenant.name,
@@ -117,6 +121,7 @@ pub fn insert_tenant(conn: &Connection, tenant: &TenantRecord) -> Result<()> {
             tenant.schema_version,
             tenant.create_time,
             tenant.update_time,
+            tenant.last_access_time,
         ],
     );
     match inserted {
@@ -196,6 +201,22 @@ pub fn set_tenant_state_only(
         params![id.to_string(), state.as_str(), time],
     )
     .context(|| format!("setting tenant {id} {}", state.as_str()))?;
+    Ok(())
+}
+
+/// Records the last calls to tenants' data, never moving a time backwards.
+pub fn record_accesses(conn: &Connection, accesses: &[(TenantId, Micros)]) -> Result<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "UPDATE tenants SET last_access_time = max(coalesce(last_access_time, ?2), ?2)
+             WHERE id = ?1",
+        )
+        .context(|| "recording tenant accesses".into())?;
+    for (tenant, time) in accesses {
+        statement
+            .execute(params![tenant.to_string(), time])
+            .context(|| format!("recording an access to tenant {tenant}"))?;
+    }
     Ok(())
 }
 

@@ -124,6 +124,7 @@ impl Lifecycle {
             schema_version: 0,
             create_time: now,
             update_time: now,
+            last_access_time: None,
         };
         let row = tenant.clone();
         self.catalog()

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod migrations;
 mod registry;
 pub mod snapshot;
+pub mod usage;
 
 pub use lifecycle::{Lifecycle, recover};
 pub use registry::{Exclusive, Registry, RegistrySettings, Shared};

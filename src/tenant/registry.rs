@@ -19,6 +19,7 @@
 //! exclusively ([`Registry::exclusive`]). A call that finds its tenant open
 //! never touches the gate, so the hot path costs one cache lookup.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::catalog::{Catalog, TenantState, store};
+use crate::clock::{Micros, now_micros};
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
@@ -58,6 +60,9 @@ struct Inner {
     pool: PoolSettings,
     opens: AtomicU64,
     aside_reads: AtomicU64,
+    /// The last item call of each tenant called since the last flush to the
+    /// catalog: see [`Registry::flush_accesses`].
+    accesses: std::sync::Mutex<HashMap<TenantId, Micros>>,
 }
 
 /// How often a call looks its tenant up again after finding the database it
@@ -94,6 +99,7 @@ impl Registry {
                 pool: settings.pool,
                 opens: AtomicU64::new(0),
                 aside_reads: AtomicU64::new(0),
+                accesses: Default::default(),
             }),
         }
     }
@@ -110,12 +116,14 @@ impl Registry {
         &self.inner.pool
     }
 
-    /// Runs `f` on a connection of an active tenant's database.
+    /// Runs `f` on a connection of an active tenant's database: for the
+    /// tenant's own calls, which count as an access to it.
     pub async fn read<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.touch(tenant);
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
             if let Ok(turn) = database.read_turn().await {
@@ -126,12 +134,14 @@ impl Registry {
         Err(busy(tenant))
     }
 
-    /// Runs `f` in a write transaction on an active tenant's database.
+    /// Runs `f` in a write transaction on an active tenant's database: for
+    /// the tenant's own calls, which count as an access to it.
     pub async fn write<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
+        self.touch(tenant);
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
             if let Ok(turn) = database.write_turn().await {
@@ -243,6 +253,49 @@ impl Registry {
         })
         .await;
         result.map_err(|error| self.storage_fault(tenant, error))
+    }
+
+    /// Notes a call to a tenant's data now. A call costs a map insert, not
+    /// a catalog write; [`Registry::flush_accesses`] writes them in batches.
+    fn touch(&self, tenant: TenantId) {
+        let now = now_micros();
+        let mut accesses = self.inner.accesses.lock().expect("never poisoned");
+        let last = accesses.entry(tenant).or_insert(now);
+        *last = (*last).max(now);
+    }
+
+    /// The last call to a tenant's data noted since the last flush, if any.
+    pub fn pending_access(&self, tenant: TenantId) -> Option<Micros> {
+        let accesses = self.inner.accesses.lock().expect("never poisoned");
+        accesses.get(&tenant).copied()
+    }
+
+    /// Writes the accesses noted since the last flush to the catalog, in one
+    /// transaction; a time there is never moved backwards, and a tenant
+    /// deleted meanwhile is skipped. An access is forgotten here only once
+    /// it is in the catalog (and not newer meanwhile), so a failed write
+    /// loses nothing and a reader always finds the newest time in one place
+    /// or the other. Returns how many tenants it recorded.
+    pub async fn flush_accesses(&self) -> Result<usize> {
+        let batch: Vec<(TenantId, Micros)> = {
+            let accesses = self.inner.accesses.lock().expect("never poisoned");
+            accesses.iter().map(|(id, time)| (*id, *time)).collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let written = batch.clone();
+        self.inner
+            .catalog
+            .write(move |tx| store::record_accesses(tx, &written))
+            .await?;
+        let mut accesses = self.inner.accesses.lock().expect("never poisoned");
+        for (tenant, time) in &batch {
+            if accesses.get(tenant) == Some(time) {
+                accesses.remove(tenant);
+            }
+        }
+        Ok(batch.len())
     }
 
     /// How many reads [`Registry::read_aside`] made on a connection of

@@ -20,3 +20,4 @@ mod registry;
 mod restart;
 mod search;
 mod tenants;
+mod usage;
