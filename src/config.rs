@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MIGRATE_WORKERS", default_value_t = 4)]
     pub migrate_workers: usize,
 
+    /// Log lines as `text` for people, or `json` (one object per line, with
+    /// the call's span fields) for log shippers. `RUST_LOG` filters either.
+    #[arg(long, env = "TENANTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// How often the last access time of each tenant called is written to
     /// the catalog, in one batch (and at shutdown). Usage figures are exact
     /// regardless; this bounds what a crash can lose.
@@ -115,6 +120,12 @@ pub struct Config {
 
 fn admin_token_from_env() -> Option<Secret> {
     std::env::var("TENANTRY_ADMIN_TOKEN").ok().map(Secret::new)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {

@@ -5,7 +5,10 @@
 //! A client calls `tenantry.v1.ItemService/GetItem` with two metadata
 //! entries: `authorization: Bearer <api key>` and `x-tenant-id: <uuid>`.
 //!
-//! 0. **Limits** ([`limits`]), the outermost layer, sheds the call with
+//! 0. **The call's span** ([`calls`]), outermost, names the method (and,
+//!    once admitted, the tenant and key id) in every log line of the call,
+//!    and logs its status code and latency when it ends.
+//!    **Limits** ([`limits`]) sheds the call with
 //!    UNAVAILABLE if the server already runs as many calls as it may, sets
 //!    its deadline, and caps the size of its messages.
 //! 1. **Admission** ([`routing`]), a tower layer in front of every service,
@@ -41,6 +44,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod catalog;
 pub mod clock;
 pub mod config;

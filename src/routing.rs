@@ -195,6 +195,14 @@ where
                 });
             match admitted {
                 Ok((caller, tenant, _slot)) => {
+                    let key_id = match caller {
+                        Caller::Tenant { key_id, .. } => Some(key_id),
+                        Caller::Admin => None,
+                    };
+                    crate::calls::record_caller(
+                        tenant.as_ref().map(|t| &t.id as &dyn std::fmt::Display),
+                        key_id.as_ref(),
+                    );
                     request.extensions_mut().insert(caller);
                     if let Some(tenant) = tenant {
                         request.extensions_mut().insert(tenant);

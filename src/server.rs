@@ -15,6 +15,7 @@ use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
 use crate::api::items::ItemApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
+use crate::calls::CallLogLayer;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data_dir::DataDir;
@@ -199,7 +200,7 @@ impl Application {
             let _ = drain_started.send(());
         };
         let serve = Server::builder()
-            .trace_fn(|request| tracing::info_span!("call", method = request.uri().path()))
+            .layer(CallLogLayer)
             .layer(LimitsLayer::new(config.limits()))
             .layer(AdmissionLayer::new(
                 auth,

@@ -143,6 +143,10 @@ impl ServerProcess {
             if let Some(rest) = line.split("address=").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
+            // The same, logged as JSON.
+            if let Some(rest) = line.split(r#""address":""#).nth(1) {
+                break rest.split('"').next().unwrap().to_owned();
+            }
         };
         // Keep draining the log so the server never blocks on a full pipe.
         let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());

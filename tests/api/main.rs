@@ -15,6 +15,7 @@ mod items;
 mod killloop;
 mod lifecycle;
 mod limits;
+mod logs;
 mod migrations;
 mod registry;
 mod restart;

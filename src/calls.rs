@@ -1,0 +1,182 @@
+//! One tracing span per call, and one event when it ends.
+//!
+//! The span `call` carries the method, and, once admission has verified the
+//! caller, the tenant and the API key id (never a secret); every log line of
+//! the call is inside it. When the call ends (its last frame sent, or the
+//! client gone), the span gets the gRPC status code and the latency, and the
+//! event `call finished` is logged with target `tenantry::calls`: at DEBUG for
+//! `OK`, INFO for a refusal the client can fix, WARN for a server-side
+//! failure. `RUST_LOG=info,tenantry::calls=debug` logs every call.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use tonic::Code;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Span;
+
+use crate::api::audited::code_name;
+
+/// Records the verified caller of the current call in its span.
+pub fn record_caller(tenant: Option<&dyn std::fmt::Display>, key_id: Option<&uuid::Uuid>) {
+    let span = Span::current();
+    if let Some(tenant) = tenant {
+        span.record("tenant", tracing::field::display(tenant));
+    }
+    if let Some(key_id) = key_id {
+        span.record("key_id", tracing::field::display(key_id));
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct CallLogLayer;
+
+impl<S> Layer<S> for CallLogLayer {
+    type Service = CallLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLog { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallLog<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<Request<B>> for CallLog<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<std::result::Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let span = tracing::info_span!(
+            "call",
+            method = request.uri().path(),
+            tenant = tracing::field::Empty,
+            key_id = tracing::field::Empty,
+            code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let called = {
+            let _entered = span.enter();
+            inner.call(request)
+        };
+        Box::pin(async move {
+            let response = tracing::Instrument::instrument(called, span.clone()).await?;
+            let mut end = CallEnd {
+                span,
+                start,
+                done: false,
+            };
+            // A refusal is all in the headers ("trailers-only").
+            if let Some(code) = status_in(response.headers()) {
+                end.finish(code);
+                return Ok(response);
+            }
+            Ok(response.map(|body| Body::new(ObservedBody { inner: body, end })))
+        })
+    }
+}
+
+fn status_in(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// The end of one call: logged once.
+struct CallEnd {
+    span: Span,
+    start: Instant,
+    done: bool,
+}
+
+impl CallEnd {
+    fn finish(&mut self, code: Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let latency_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let name = code_name(code);
+        self.span.record("code", name);
+        self.span.record("latency_ms", latency_ms);
+        let _entered = self.span.enter();
+        match code {
+            Code::Ok => {
+                tracing::debug!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+            }
+            Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented => {
+                tracing::warn!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+            }
+            _ => {
+                tracing::info!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+            }
+        }
+    }
+}
+
+/// A response body that reports the call's end when its trailers pass, or
+/// when it is dropped before them (the client went away).
+struct ObservedBody {
+    inner: Body,
+    end: CallEnd,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, tonic::Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_in(trailers).unwrap_or(Code::Unknown);
+                    self.end.finish(code);
+                }
+            }
+            Some(Err(status)) => self.end.finish(status.code()),
+            None => self.end.finish(Code::Unknown),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.end.finish(Code::Cancelled);
+    }
+}
