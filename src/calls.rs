@@ -6,9 +6,11 @@
 //! client gone), the span gets the gRPC status code and the latency, and the
 //! event `call finished` is logged with target `tenantry::calls`: at DEBUG for
 //! `OK`, INFO for a refusal the client can fix, WARN for a server-side
-//! failure. `RUST_LOG=info,tenantry::calls=debug` logs every call.
+//! failure. `RUST_LOG=info,tenantry::calls=debug` logs every call. The end
+//! is also counted in the [`crate::metrics`].
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -21,6 +23,7 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 use crate::api::audited::code_name;
+use crate::metrics::Metrics;
 
 /// Records the verified caller of the current call in its span.
 pub fn record_caller(tenant: Option<&dyn std::fmt::Display>, key_id: Option<&uuid::Uuid>) {
@@ -33,20 +36,34 @@ pub fn record_caller(tenant: Option<&dyn std::fmt::Display>, key_id: Option<&uui
     }
 }
 
-#[derive(Clone, Copy, Default)]
-pub struct CallLogLayer;
+/// The outermost layer: a span per call, and the call's end logged and
+/// counted in the metrics.
+#[derive(Clone)]
+pub struct CallLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl CallLogLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        CallLogLayer { metrics }
+    }
+}
 
 impl<S> Layer<S> for CallLogLayer {
     type Service = CallLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallLog { inner }
+        CallLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct CallLog<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -75,6 +92,8 @@ where
             latency_ms = tracing::field::Empty,
         );
         let start = Instant::now();
+        let path = request.uri().path().to_owned();
+        let metrics = self.metrics.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let called = {
@@ -86,6 +105,8 @@ where
             let mut end = CallEnd {
                 span,
                 start,
+                path,
+                metrics,
                 done: false,
             };
             // A refusal is all in the headers ("trailers-only").
@@ -110,6 +131,8 @@ fn status_in(headers: &HeaderMap) -> Option<Code> {
 struct CallEnd {
     span: Span,
     start: Instant,
+    path: String,
+    metrics: Arc<Metrics>,
     done: bool,
 }
 
@@ -118,8 +141,10 @@ impl CallEnd {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let elapsed = self.start.elapsed();
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
         let name = code_name(code);
+        self.metrics.call_finished(&self.path, name, elapsed);
         self.span.record("code", name);
         self.span.record("latency_ms", latency_ms);
         let _entered = self.span.enter();

@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MIGRATE_WORKERS", default_value_t = 4)]
     pub migrate_workers: usize,
 
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address. Off unless set.
+    #[arg(long, env = "TENANTRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log lines as `text` for people, or `json` (one object per line, with
     /// the call's span fields) for log shippers. `RUST_LOG` filters either.
     #[arg(long, env = "TENANTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -54,6 +54,7 @@ pub mod fault;
 pub mod ids;
 pub mod items;
 pub mod limits;
+pub mod metrics;
 pub mod pagination;
 pub mod routing;
 pub mod schema;

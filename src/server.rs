@@ -38,6 +38,7 @@ const FDS_PER_CONNECTION: u64 = 3;
 /// A server that is bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     registry: Registry,
     auth: Authenticator,
@@ -118,8 +119,10 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = crate::metrics::bind(config.metrics_listen).await?;
         Ok(Application {
             listener,
+            metrics_listener,
             config,
             registry: data.registry,
             auth,
@@ -131,6 +134,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The address metrics are served on, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     /// The registry of open tenants, for inspection.
@@ -146,6 +156,7 @@ impl Application {
     ) -> Result<()> {
         let Application {
             listener,
+            metrics_listener,
             config,
             registry,
             auth,
@@ -200,7 +211,7 @@ impl Application {
             let _ = drain_started.send(());
         };
         let serve = Server::builder()
-            .layer(CallLogLayer)
+            .layer(CallLogLayer::new(registry.metrics().clone()))
             .layer(LimitsLayer::new(config.limits()))
             .layer(AdmissionLayer::new(
                 auth,
@@ -226,9 +237,20 @@ impl Application {
             .serve_with_incoming_shutdown(accept(listener), signal);
 
         let flushing = tokio::spawn(flush_accesses(registry.clone(), config.access_flush()));
+        let metrics = metrics_listener.map(|listener| {
+            tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                registry.metrics().clone(),
+                registry.clone(),
+            ))
+        });
         let grace = config.shutdown_grace();
         let served = run_with_grace(serve, drain_signal, grace).await;
         flushing.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         registry.close_all().await;
         tracing::info!("every tenant database is closed");
         if let Err(error) = registry.flush_accesses().await {

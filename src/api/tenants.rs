@@ -401,6 +401,12 @@ impl TenantService for TenantApi {
     ) -> Result<Response<Self::ExportTenantStream>, Status> {
         let id = TenantId::parse("id", &request.get_ref().id)?;
         let snapshot = self.lifecycle.snapshot(id).await?;
+        self.lifecycle
+            .registry()
+            .metrics()
+            .backups
+            .get_or_create(&crate::metrics::KindLabels { kind: "export" })
+            .inc();
         let header = backup_to_pb(&snapshot, String::new());
         let path = snapshot.path.clone();
         self.catalog

@@ -19,6 +19,7 @@ use crate::data_dir::{self, DataDir};
 use crate::error::{Context, Error, Result};
 use crate::fault;
 use crate::ids::{TenantId, TenantName};
+use crate::metrics::KindLabels;
 use crate::schema::{self, Migrated};
 use crate::sqlite::{Database, run_blocking};
 use crate::tenant::Registry;
@@ -356,6 +357,11 @@ impl Lifecycle {
             std::fs::remove_file(&snapshot.path).ok();
         })?;
         snapshot.path = dest;
+        self.registry
+            .metrics()
+            .backups
+            .get_or_create(&KindLabels { kind: "backup" })
+            .inc();
         let target = format!(
             "tenants/{id} -> {}",
             self.data_dir().relative(&snapshot.path).display()
@@ -399,6 +405,18 @@ impl Lifecycle {
     /// arriving meanwhile wait, and then see the restored data.
     pub async fn restore(&self, id: TenantId, staged: PathBuf, action: &str) -> Result<Restored> {
         let result = self.restore_staged(id, &staged, action).await;
+        if result.is_ok() {
+            let kind = if action == "ImportTenant" {
+                "import"
+            } else {
+                "restore"
+            };
+            self.registry
+                .metrics()
+                .restores
+                .get_or_create(&KindLabels { kind })
+                .inc();
+        }
         if result.is_err() {
             // Still ours unless the operation was recorded (then recovery owns it).
             let staged = staged.clone();

@@ -93,6 +93,17 @@ impl Registry {
             }
         })
         .await;
+        let outcome_label = match &outcome {
+            Ok(migrated) if migrated.from == migrated.to => None,
+            Ok(_) => Some("ok"),
+            Err(_) => Some("failed"),
+        };
+        if let Some(outcome) = outcome_label {
+            self.metrics()
+                .migrations
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .inc();
+        }
         match outcome {
             Ok(migrated) => MigrationReport {
                 tenant_id: tenant,

@@ -34,6 +34,7 @@ use crate::clock::{Micros, now_micros};
 use crate::data_dir::DataDir;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::schema::{self, Migrated};
 use crate::sqlite::{self, Database, PoolSettings, run_blocking};
 use crate::tenant::migrations::TENANT;
@@ -63,7 +64,10 @@ struct Inner {
     /// The last item call of each tenant called since the last flush to the
     /// catalog: see [`Registry::flush_accesses`].
     accesses: std::sync::Mutex<HashMap<TenantId, Micros>>,
+    metrics: Arc<Metrics>,
 }
+
+const MIGRATED_OK: OutcomeLabels = OutcomeLabels { outcome: "ok" };
 
 /// How often a call looks its tenant up again after finding the database it
 /// got retired under it (by a restore, which swaps in a new one).
@@ -83,11 +87,18 @@ pub struct Shared {
 
 impl Registry {
     pub fn new(catalog: Catalog, data_dir: DataDir, settings: RegistrySettings) -> Self {
+        let metrics = Arc::new(Metrics::new());
         let open = Cache::builder()
             .max_capacity(settings.max_open)
             .time_to_idle(settings.idle)
-            .eviction_listener(|tenant: Arc<TenantId>, _, cause| {
-                tracing::debug!(tenant = %tenant, ?cause, "closing tenant database");
+            .eviction_listener({
+                let metrics = metrics.clone();
+                move |tenant: Arc<TenantId>, _, cause| {
+                    tracing::debug!(tenant = %tenant, ?cause, "closing tenant database");
+                    if cause.was_evicted() {
+                        metrics.registry_evictions.inc();
+                    }
+                }
             })
             .build();
         Registry {
@@ -100,8 +111,14 @@ impl Registry {
                 opens: AtomicU64::new(0),
                 aside_reads: AtomicU64::new(0),
                 accesses: Default::default(),
+                metrics,
             }),
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -155,8 +172,10 @@ impl Registry {
     /// The open database of an active tenant, opening it on first use.
     pub async fn get(&self, tenant: TenantId) -> Result<Arc<Database>> {
         if let Some(database) = self.inner.open.get(&tenant).await {
+            self.inner.metrics.registry_hits.inc();
             return Ok(database);
         }
+        self.inner.metrics.registry_misses.inc();
         // Held until the opened database is in the cache, so that an
         // exclusive operation either sees it there or opens nothing.
         let _shared = self.shared(tenant).await;
@@ -182,6 +201,7 @@ impl Registry {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
+        let started = std::time::Instant::now();
         let opened = run_blocking(move || {
             let opened = check_file(tenant, &path)
                 .and_then(|()| Database::open(&path, &pool, |conn| prepare(conn, tenant)));
@@ -195,6 +215,15 @@ impl Registry {
         })
         .await;
         self.inner.opens.fetch_add(1, Ordering::Relaxed);
+        let metrics = &self.inner.metrics;
+        metrics
+            .tenant_open_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok((_, migrated)) = &opened
+            && migrated.from != migrated.to
+        {
+            metrics.migrations.get_or_create(&MIGRATED_OK).inc();
+        }
         if let Err(error) = &opened
             && matches!(error, Error::Internal { .. })
         {

@@ -26,6 +26,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where metrics are served, if the configuration asked for them.
+    pub metrics_addr: Option<SocketAddr>,
     pub registry: Registry,
     dir: Arc<TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -51,6 +53,7 @@ pub async fn spawn_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Config)) ->
     configure(&mut config);
     let app = Application::build(config).await.expect("the server starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let registry = app.registry();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(app.run_until(async {
@@ -58,6 +61,7 @@ pub async fn spawn_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Config)) ->
     }));
     TestServer {
         addr,
+        metrics_addr,
         registry,
         dir,
         stop: Some(stop),

@@ -16,6 +16,7 @@ mod killloop;
 mod lifecycle;
 mod limits;
 mod logs;
+mod metrics;
 mod migrations;
 mod registry;
 mod restart;
