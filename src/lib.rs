@@ -44,6 +44,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bench;
 pub mod calls;
 pub mod catalog;
 pub mod clock;

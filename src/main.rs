@@ -29,6 +29,9 @@ enum Command {
     /// status 0 if it is, 1 if not or if it cannot be reached. For container
     /// health checks, with no other binary.
     Health(HealthArgs),
+    /// Measure a server under load, next to Health/Check measured in the
+    /// same run (see BENCHMARKS.md).
+    Bench(tenantry::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
         Some(Command::Serve(config) | Command::Migrate(config)) => config.log_format,
-        Some(Command::Health(_)) => LogFormat::Text,
+        Some(Command::Health(_) | Command::Bench(_)) => LogFormat::Text,
         None => cli.serve.log_format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -73,11 +76,24 @@ fn main() -> ExitCode {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
         Some(Command::Health(args)) => return runtime.block_on(health(args)),
+        Some(Command::Bench(args)) => return runtime.block_on(bench(args)),
     };
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tenantry bench`: figures on stdout, progress and failures on stderr.
+async fn bench(args: tenantry::bench::BenchArgs) -> ExitCode {
+    match tenantry::bench::run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(failure) => {
+            eprintln!("tenantry bench: {failure}");
             ExitCode::FAILURE
         }
     }
