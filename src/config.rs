@@ -49,6 +49,18 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,
 
+    /// Run a tenant's reads on the async threads when one of its connections
+    /// is idle (a point read costs about what handing it to a blocking
+    /// thread costs); `false` sends every read to a blocking thread, which
+    /// suits storage so slow that a read may wait on the disk for long.
+    #[arg(
+        long,
+        env = "TENANTRY_INLINE_READS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub inline_reads: bool,
+
     /// Most storage one tenant's database may use, in KiB (its file, without
     /// the write-ahead log); a write past it fails with RESOURCE_EXHAUSTED.
     /// 0 for no limit.

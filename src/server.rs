@@ -71,6 +71,7 @@ impl OpenData {
                 idle: config.tenant_idle(),
                 pool: PoolSettings {
                     max_bytes: config.tenant_quota_bytes(),
+                    inline_reads: config.inline_reads,
                     ..PoolSettings::new(
                         config.tenant_connections,
                         config.tenant_cache_kib,

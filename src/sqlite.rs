@@ -18,7 +18,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use scheduled_thread_pool::ScheduledThreadPool;
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Context, Error, Result};
 use crate::limits;
@@ -32,6 +32,13 @@ pub struct PoolSettings {
     pub busy_timeout: Duration,
     /// An unused connection is closed after this long.
     pub idle_connection: Duration,
+    /// Run bounded reads ([`Database::read_bounded_in`]) on the calling async
+    /// thread when a connection is idle in the pool, instead of handing them
+    /// to a blocking thread: a point read from the page cache takes a few
+    /// microseconds, about what the hand-off itself costs. A read that finds
+    /// no idle connection (one must be opened) still runs on a blocking
+    /// thread, and so does every scan and every write.
+    pub inline_reads: bool,
     /// The most bytes the database file may hold (SQLite's
     /// `max_page_count`); a write that needs more fails with `SQLITE_FULL`.
     /// `None` for no limit.
@@ -49,6 +56,7 @@ impl PoolSettings {
             cache_kib,
             busy_timeout,
             idle_connection: Duration::from_secs(60),
+            inline_reads: false,
             max_bytes: None,
             threads: Arc::new(
                 ScheduledThreadPool::builder()
@@ -91,12 +99,27 @@ pub struct Database {
     /// [`Database::check_in_place`].
     identity: (u64, u64),
     /// `None` once the database is retired; see [`Database::retire`].
-    pool: std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>,
+    pool: Arc<std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>>,
     connections: u32,
+    inline_reads: bool,
     /// One permit per connection: the calls running on this database.
     /// Closed when it is retired.
     readers: Arc<Semaphore>,
-    writer: Arc<Mutex<()>>,
+    /// One permit per write queued or running ([`QUEUED_WRITES`]). Closed
+    /// when the database is retired.
+    writes: Arc<Semaphore>,
+    /// Writes waiting for the writer; see [`Database::write_in`].
+    queue: Arc<std::sync::Mutex<WriteQueue>>,
+}
+
+/// Most writes queued for one database at once; more wait for a turn.
+const QUEUED_WRITES: u32 = 64;
+
+#[derive(Default)]
+struct WriteQueue {
+    writes: Vec<Box<dyn Pending>>,
+    /// Whether a writer is draining the queue on a blocking thread.
+    draining: bool,
 }
 
 /// The right to run one read on a database, taken in async code before any
@@ -105,11 +128,9 @@ pub struct ReadTurn {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The right to run one write: the database's single writer slot, plus a
-/// connection permit.
+/// The right to queue one write.
 pub struct WriteTurn {
     permit: OwnedSemaphorePermit,
-    turn: OwnedMutexGuard<()>,
 }
 
 /// The database was retired (deleted, or replaced by a restore) while the
@@ -157,10 +178,12 @@ impl Database {
         let database = Database {
             path: path.to_owned(),
             identity,
-            pool: std::sync::Mutex::new(Some(pool)),
+            pool: Arc::new(std::sync::Mutex::new(Some(pool))),
             connections: settings.connections,
+            inline_reads: settings.inline_reads,
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
-            writer: Arc::new(Mutex::new(())),
+            writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
+            queue: Default::default(),
         };
         Ok((database, prepared))
     }
@@ -215,14 +238,13 @@ impl Database {
 
     /// Waits for a write turn; `Err(Retired)` if the database was retired.
     pub async fn write_turn(&self) -> Result<WriteTurn, Retired> {
-        let turn = self.writer.clone().lock_owned().await;
         let permit = self
-            .readers
+            .writes
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Retired)?;
-        Ok(WriteTurn { permit, turn })
+        Ok(WriteTurn { permit })
     }
 
     /// Runs `f` on a connection of this database, on a blocking thread.
@@ -252,9 +274,37 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.read_on(turn, f, false).await
+    }
+
+    /// [`Database::read_in`] for a read whose cost is bounded by an index (a
+    /// point lookup, a page of a listing): with `inline_reads` on, it runs
+    /// on the calling thread when a connection is idle. Scans must not come
+    /// here.
+    pub async fn read_bounded_in<T, F>(&self, turn: ReadTurn, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.read_on(turn, f, self.inline_reads).await
+    }
+
+    async fn read_on<T, F>(&self, turn: ReadTurn, f: F, inline: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let pool = self.pool()?;
-        let (path, identity) = (self.path.clone(), self.identity);
         let deadline = limits::current();
+        if inline && let Some(conn) = pool.try_get() {
+            let result = limits::check(deadline)
+                .and_then(|()| check_in_place(&self.path, self.identity))
+                .and_then(|()| f(&conn));
+            drop(conn);
+            drop(turn);
+            return result;
+        }
+        let (path, identity) = (self.path.clone(), self.identity);
         run_blocking(move || {
             let result = limits::check(deadline)
                 .and_then(|()| check_in_place(&path, identity))
@@ -273,27 +323,55 @@ impl Database {
     }
 
     /// [`Database::write`] with a turn already taken.
+    ///
+    /// Writes are queued, and one writer at a time drains the queue on a
+    /// blocking thread (group commit): the writes waiting when it looks run
+    /// in one `BEGIN IMMEDIATE` transaction, each in a savepoint of its own,
+    /// and are committed together. A write that fails, or whose deadline
+    /// passes, is rolled back to its savepoint and changes nothing; the
+    /// others commit. Each caller hears its answer only after the commit, so
+    /// an acknowledged write is as durable as one committed alone, and a
+    /// burst of writes to one tenant costs one commit and one thread hand-off
+    /// per batch instead of per write.
     pub async fn write_in<T, F>(&self, turn: WriteTurn, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
-        let pool = self.pool()?;
-        let (path, identity) = (self.path.clone(), self.identity);
-        let deadline = limits::current();
-        run_blocking(move || {
-            let result = limits::check(deadline)
-                .and_then(|()| check_in_place(&path, identity))
-                .and_then(|()| {
-                    pool.get()
-                        .context(|| "taking a database connection".into())
-                        .and_then(|mut conn| write_now(&mut conn, deadline, f))
-                });
-            drop(pool);
-            drop((turn.permit, turn.turn));
-            result
+        // A retired database refuses here rather than in the writer.
+        drop(self.pool()?);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let write = Box::new(Write {
+            f: Some(f),
+            value: None,
+            reply,
+            deadline: limits::current(),
+            span: tracing::Span::current(),
+            _turn: turn.permit,
+        });
+        let start = {
+            let mut queue = self
+                .queue
+                .lock()
+                .expect("the write queue is never poisoned");
+            queue.writes.push(write);
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if start {
+            let writer = Writer {
+                queue: self.queue.clone(),
+                pool: self.pool.clone(),
+                path: self.path.clone(),
+                identity: self.identity,
+            };
+            tokio::task::spawn_blocking(move || writer.drain());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::internal(
+                "running a write",
+                "the writer stopped before answering",
+            ))
         })
-        .await
     }
 
     /// Runs `f` on a connection now, on the calling thread: for start-up and
@@ -312,8 +390,13 @@ impl Database {
     /// checkpoints the WAL. Afterwards nothing in this process has the file
     /// open through this handle, so it can be moved or replaced.
     pub async fn retire(&self) {
-        // The semaphore is fair: this waits behind the calls already queued,
-        // and every call queued after it is refused.
+        // The semaphores are fair: this waits behind the calls already
+        // queued, and every call queued after it is refused. Writes first:
+        // the writer draining them takes no read turn.
+        if let Ok(all) = self.writes.acquire_many(QUEUED_WRITES).await {
+            self.writes.close();
+            drop(all);
+        }
         if let Ok(all) = self.readers.acquire_many(self.connections).await {
             self.readers.close();
             drop(all);
@@ -389,6 +472,215 @@ fn retired(_: Retired) -> Error {
     )
 }
 
+/// Drains a database's write queue on a blocking thread, a batch at a time.
+struct Writer {
+    queue: Arc<std::sync::Mutex<WriteQueue>>,
+    pool: Arc<std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>>,
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl Writer {
+    fn drain(self) {
+        // Should a write panic, the next write starts a new writer.
+        struct Draining<'a>(&'a std::sync::Mutex<WriteQueue>);
+        impl Drop for Draining<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut queue) = self.0.lock() {
+                    queue.draining = false;
+                }
+            }
+        }
+        let _draining = Draining(&self.queue);
+        loop {
+            let batch = {
+                let mut queue = self
+                    .queue
+                    .lock()
+                    .expect("the write queue is never poisoned");
+                if queue.writes.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                std::mem::take(&mut queue.writes)
+            };
+            let finished = self.run(batch);
+            // Answers go out (and turns end) only once the connection and the
+            // pool handle are let go, so that a retire that holds every turn
+            // knows no connection is in use.
+            for (write, outcome) in finished {
+                write.finish(outcome);
+            }
+        }
+    }
+
+    /// Runs a batch; returns each write with what its caller must hear.
+    fn run(&self, mut batch: Vec<Box<dyn Pending>>) -> Vec<(Box<dyn Pending>, Result<()>)> {
+        let pool = self
+            .pool
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .clone();
+        let conn = check_in_place(&self.path, self.identity).and_then(|()| {
+            pool.ok_or_else(|| {
+                Error::Unavailable("the database was closed; retry the call".into())
+            })?
+            .get()
+            .context(|| "taking a database connection".into())
+        });
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(error) => return fail_all(batch, error),
+        };
+        if batch.len() == 1 {
+            let mut write = batch.pop().expect("one write");
+            let outcome = write.run_alone(&mut conn);
+            return vec![(write, outcome)];
+        }
+        let tx = match conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context(|| "starting a write transaction".into())
+        {
+            Ok(tx) => tx,
+            Err(error) => return fail_all(batch, error),
+        };
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        let mut writes = batch.into_iter();
+        for mut write in writes.by_ref() {
+            match write.run_in(&tx) {
+                Ran::Kept => kept.push(write),
+                Ran::Undone(error) => finished.push((write, Err(error))),
+                Ran::Broken(error) => {
+                    // SQLite rolled the whole transaction back: the writes
+                    // kept so far are undone too, and fail with the same
+                    // error. Those not run yet get a transaction of their own.
+                    let error = Arc::new(error);
+                    finished.push((write, Err(Error::Shared(error.clone()))));
+                    for write in kept.drain(..) {
+                        finished.push((write, Err(Error::Shared(error.clone()))));
+                    }
+                    break;
+                }
+            }
+        }
+        let rest: Vec<_> = writes.collect();
+        if kept.is_empty() {
+            drop(tx);
+        } else {
+            match tx
+                .commit()
+                .context(|| "committing a write transaction".into())
+            {
+                Ok(()) => finished.extend(kept.into_iter().map(|w| (w, Ok(())))),
+                Err(error) => finished.extend(fail_all(kept, error)),
+            }
+        }
+        drop(conn);
+        if !rest.is_empty() {
+            finished.extend(self.run(rest));
+        }
+        finished
+    }
+}
+
+fn fail_all(writes: Vec<Box<dyn Pending>>, error: Error) -> Vec<(Box<dyn Pending>, Result<()>)> {
+    let error = Arc::new(error);
+    writes
+        .into_iter()
+        .map(|w| (w, Err(Error::Shared(error.clone()))))
+        .collect()
+}
+
+/// What running one write of a batch did.
+enum Ran {
+    /// It succeeded; it commits with the batch.
+    Kept,
+    /// It failed (or ran past its deadline) and was rolled back to its
+    /// savepoint: nothing of it remains, the batch goes on.
+    Undone(Error),
+    /// The transaction itself is gone (SQLite rolls back the whole
+    /// transaction on some I/O and memory errors).
+    Broken(Error),
+}
+
+/// A queued write, of whatever result type.
+trait Pending: Send {
+    /// Runs it in a transaction of its own.
+    fn run_alone(&mut self, conn: &mut Connection) -> Result<()>;
+    /// Runs it inside the batch's transaction, in a savepoint.
+    fn run_in(&mut self, tx: &Transaction) -> Ran;
+    /// Answers the caller: its value if `outcome` is `Ok` (committed).
+    fn finish(self: Box<Self>, outcome: Result<()>);
+}
+
+struct Write<T, F> {
+    f: Option<F>,
+    value: Option<T>,
+    reply: tokio::sync::oneshot::Sender<Result<T>>,
+    deadline: Option<tokio::time::Instant>,
+    span: tracing::Span,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl<T, F> Pending for Write<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+{
+    fn run_alone(&mut self, conn: &mut Connection) -> Result<()> {
+        let _in_call = self.span.enter();
+        let f = self.f.take().expect("a write runs once");
+        self.value = Some(write_now(conn, self.deadline, f)?);
+        Ok(())
+    }
+
+    fn run_in(&mut self, tx: &Transaction) -> Ran {
+        let _in_call = self.span.enter();
+        let f = self.f.take().expect("a write runs once");
+        if let Err(error) = limits::check(self.deadline) {
+            return Ran::Undone(error);
+        }
+        if let Err(error) = savepoint(tx, "SAVEPOINT queued_write") {
+            return Ran::Broken(error);
+        }
+        let ran = f(tx).and_then(|value| limits::check(self.deadline).map(|()| value));
+        match ran {
+            Ok(value) => match savepoint(tx, "RELEASE queued_write") {
+                Ok(()) => {
+                    self.value = Some(value);
+                    Ran::Kept
+                }
+                Err(error) => Ran::Broken(error),
+            },
+            Err(error) if tx.is_autocommit() => Ran::Broken(error),
+            Err(error) => match savepoint(tx, "ROLLBACK TO queued_write")
+                .and_then(|()| savepoint(tx, "RELEASE queued_write"))
+            {
+                Ok(()) => Ran::Undone(error),
+                Err(_) => Ran::Broken(error),
+            },
+        }
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<()>) {
+        let answer = match (outcome, self.value) {
+            (Ok(()), Some(value)) => Ok(value),
+            (Ok(()), None) => Err(Error::internal("running a write", "it left no value")),
+            (Err(error), _) => Err(error),
+        };
+        // The caller may have gone (a cancelled call): nobody to tell.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn savepoint(tx: &Transaction, sql: &str) -> Result<()> {
+    tx.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(|_| ())
+        .context(|| "managing a savepoint of a queued write".into())
+}
+
 /// Runs `f` in a write transaction, committed only if it succeeds and the
 /// call's deadline has not passed meanwhile: a client that has given up hears
 /// DEADLINE_EXCEEDED, and so must nothing be changed.
@@ -444,4 +736,137 @@ pub fn is_unique_violation(error: &rusqlite::Error) -> bool {
             if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(dir: &Path) -> Arc<Database> {
+        let path = dir.join("t.db");
+        let settings = PoolSettings::new(2, 256, Duration::from_secs(5));
+        Database::create(&path, &settings, |conn| {
+            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+                .context(|| "creating t".into())
+        })
+        .unwrap();
+        Arc::new(Database::open(&path, &settings, |_| Ok(())).unwrap().0)
+    }
+
+    fn insert(tx: &Transaction, n: i64) -> Result<()> {
+        tx.execute("INSERT INTO t (n) VALUES (?1)", [n])
+            .map(|_| ())
+            .context(|| format!("inserting {n}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_together_and_fail_alone() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = database(dir.path());
+
+        // The first write holds the writer until the others are queued.
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |tx| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    insert(tx, 0)
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+
+        // Six more, queued behind it: odd ones insert and then fail, one
+        // breaks a constraint, the others succeed.
+        let mut queued = Vec::new();
+        for n in 1..=6i64 {
+            let db = db.clone();
+            let mut write = Box::pin(async move {
+                db.write(move |tx| {
+                    insert(tx, n)?;
+                    match n {
+                        6 => insert(tx, 0),
+                        n if n % 2 == 1 => Err(Error::Aborted(format!("write {n} gives up"))),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            });
+            assert!(futures::poll!(&mut write).is_pending());
+            queued.push(write);
+        }
+        assert_eq!(
+            db.queue.lock().unwrap().writes.len(),
+            6,
+            "queued as one batch"
+        );
+        release.send(()).unwrap();
+
+        first.await.unwrap().unwrap();
+        let mut outcomes = Vec::new();
+        for write in queued {
+            outcomes.push(write.await.is_ok());
+        }
+        assert_eq!(outcomes, [false, true, false, true, false, false]);
+        let stored: Vec<i64> = db
+            .read(|conn| {
+                let mut statement = conn.prepare("SELECT n FROM t ORDER BY n").unwrap();
+                let rows = statement.query_map([], |row| row.get(0)).unwrap();
+                Ok(rows.map(|r| r.unwrap()).collect())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            [0, 2, 4],
+            "only the writes that succeeded are stored"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retired_database_waits_for_queued_writes_then_refuses_more() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = database(dir.path());
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |tx| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    insert(tx, 1)
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        let mut second = Box::pin({
+            let db = db.clone();
+            async move { db.write(|tx| insert(tx, 2)).await }
+        });
+        assert!(futures::poll!(&mut second).is_pending());
+        let mut retire = Box::pin({
+            let db = db.clone();
+            async move { db.retire().await }
+        });
+        assert!(
+            futures::poll!(&mut retire).is_pending(),
+            "waits for the writes"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap();
+        retire.await;
+        assert!(db.write(|tx| insert(tx, 3)).await.is_err(), "retired");
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
+    }
 }

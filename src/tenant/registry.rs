@@ -134,7 +134,8 @@ impl Registry {
     }
 
     /// Runs `f` on a connection of an active tenant's database: for the
-    /// tenant's own calls, which count as an access to it.
+    /// tenant's own calls, which count as an access to it. `f` must be a
+    /// read bounded by an index (see [`Database::read_bounded_in`]).
     pub async fn read<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -144,7 +145,7 @@ impl Registry {
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
             if let Ok(turn) = database.read_turn().await {
-                let result = database.read_in(turn, f).await;
+                let result = database.read_bounded_in(turn, f).await;
                 return self.checked(tenant, result).await;
             }
         }
