@@ -70,6 +70,7 @@ impl PoolSettings {
     /// Applies the per-connection settings. `journal_mode` is a property of
     /// the file and is set once, when it is created or first opened.
     fn configure(&self, conn: &Connection) -> rusqlite::Result<()> {
+        shrink_lookaside(conn);
         conn.busy_timeout(self.busy_timeout)?;
         conn.execute_batch(&format!(
             "PRAGMA foreign_keys = ON;
@@ -85,6 +86,35 @@ impl PoolSettings {
             conn.pragma_update(None, "max_page_count", pages as i64)?;
         }
         Ok(())
+    }
+}
+
+/// Each connection's lookaside memory (SQLite's per-connection allocator for
+/// small objects): slots of this many bytes...
+const LOOKASIDE_SLOT_BYTES: i32 = 256;
+/// ...and this many of them, 8 KiB in all. SQLite's default (1,200 bytes by
+/// 40 to 100 slots) costs 50 to 120 KiB per connection, most of the memory
+/// of an idle open tenant, for a speed-up that point reads barely see.
+const LOOKASIDE_SLOTS: i32 = 32;
+
+/// Gives a new connection a small lookaside. A connection already using its
+/// lookaside keeps it (SQLite answers SQLITE_BUSY), which costs only memory.
+fn shrink_lookaside(conn: &Connection) {
+    // SAFETY: the handle is a valid open connection for the whole call, no
+    // other thread uses it (the connection is not shared while it is being
+    // set up), and SQLITE_DBCONFIG_LOOKASIDE takes exactly (void*, int, int);
+    // a null buffer asks SQLite to allocate the slots itself.
+    let code = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            LOOKASIDE_SLOT_BYTES,
+            LOOKASIDE_SLOTS,
+        )
+    };
+    if code != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(code, "kept the default lookaside");
     }
 }
 
