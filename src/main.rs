@@ -5,11 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tenantry::config::LogFormat;
-use tenantry::{Application, Config};
+use tenantry::{Application, Config, cli};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_help = cli::EXIT_STATUSES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -25,31 +30,19 @@ enum Command {
     /// Bring every tenant database to this binary's schema version, with the
     /// server stopped. A running server does the same with MigrateTenants.
     Migrate(Config),
+    #[command(flatten)]
+    Client(cli::Command),
     /// Ask a running server whether it is serving (`grpc.health.v1`): exit
     /// status 0 if it is, 1 if not or if it cannot be reached. For container
     /// health checks, with no other binary.
-    Health(HealthArgs),
-}
-
-#[derive(clap::Args)]
-struct HealthArgs {
-    /// The server's address. An unspecified address (`0.0.0.0`, `[::]`), as
-    /// a container's `TENANTRY_LISTEN` usually is, means this host.
-    #[arg(long, env = "TENANTRY_LISTEN", default_value = "127.0.0.1:50051")]
-    addr: std::net::SocketAddr,
-    /// The service to ask about; empty for the server as a whole.
-    #[arg(long, default_value = "")]
-    service: String,
-    /// How long to wait for the answer, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
-    timeout_ms: u64,
+    Health(cli::HealthArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
         Some(Command::Serve(config) | Command::Migrate(config)) => config.log_format,
-        Some(Command::Health(_)) => LogFormat::Text,
+        Some(Command::Client(_) | Command::Health(_)) => LogFormat::Text,
         None => cli.serve.log_format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -72,62 +65,13 @@ fn main() -> ExitCode {
         Some(Command::Serve(config)) => runtime.block_on(serve(config)),
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
-        Some(Command::Health(args)) => return runtime.block_on(health(args)),
+        Some(Command::Client(command)) => return runtime.block_on(cli::run(command)),
+        Some(Command::Health(args)) => return runtime.block_on(cli::health(args)),
     };
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `tenantry health`: prints the serving status, or why there is none.
-async fn health(args: HealthArgs) -> ExitCode {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-    let mut addr = args.addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let timeout = std::time::Duration::from_millis(args.timeout_ms);
-    let asked = tokio::time::timeout(timeout, async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot connect to {addr} ({}): is the server running there?",
-                    tenantry::error::error_chain(&e)
-                )
-            })?;
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: args.service.clone(),
-            })
-            .await
-            .map(|answer| answer.into_inner().status())
-            .map_err(|status| format!("{addr} answered {:?}: {}", status.code(), status.message()))
-    })
-    .await
-    .unwrap_or_else(|_| Err(format!("no answer from {addr} within {timeout:?}")));
-    match asked {
-        Ok(ServingStatus::Serving) => {
-            println!("SERVING");
-            ExitCode::SUCCESS
-        }
-        Ok(status) => {
-            println!("{}", status.as_str_name());
-            ExitCode::FAILURE
-        }
-        Err(problem) => {
-            eprintln!("tenantry health: {problem}");
             ExitCode::FAILURE
         }
     }
