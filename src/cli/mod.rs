@@ -1,11 +1,13 @@
-//! The admin command line: `tenantry tenants|keys|health`, a client of a
-//! running server.
+//! The admin command line: `tenantry tenants|keys|backup|restore|export|
+//! import|health`, a client of a running server.
 //!
-//! Every command but `health` is one or a few calls of
-//! `tenantry.v1.TenantService` through the generated client, with the admin
-//! token (`connect`). What comes back is printed in one place (`output`): an
-//! aligned table for people, or one JSON document with `--output json` for
-//! scripts.
+//! Every command but `health` is one or a few calls
+//! of `tenantry.v1.TenantService` through the generated client, with the
+//! admin token ([`connect`]). What comes back is printed in one place
+//! ([`output`]): an aligned table for people, or one JSON document with
+//! `--output json` for scripts. Long work (exports and imports of big
+//! tenants) shows a progress bar when standard error is a terminal,
+//! and plain lines otherwise ([`progress`]).
 //!
 //! A command that cannot do its work ends with a [`Failure`], printed as
 //! `tenantry: <CODE>: <message>` on standard error, and an exit status that
@@ -14,6 +16,8 @@
 mod connect;
 mod health;
 mod output;
+mod progress;
+mod snapshots;
 mod tenants;
 
 use std::process::ExitCode;
@@ -31,7 +35,7 @@ pub const EXIT_STATUSES: &str = "\
 Exit status of the client commands:
   0  done
   1  the server refused the call (its status code is printed), or the work
-     failed on this side
+     failed on this side (a file, a checksum)
   2  the command line cannot work as given (a bad flag, no admin token)
   3  no answer: the server could not be reached, did not answer within
      --timeout, or asked to be called again later (UNAVAILABLE); worth retrying";
@@ -46,6 +50,16 @@ pub enum Command {
     /// Create, list and revoke a tenant's API keys.
     #[command(subcommand_required = true)]
     Keys(tenants::KeysArgs),
+    /// Take a consistent snapshot of a tenant into the server's backups
+    /// folder, while it keeps serving.
+    Backup(snapshots::BackupArgs),
+    /// Replace a tenant's data with a snapshot from the server's backups
+    /// folder.
+    Restore(snapshots::RestoreArgs),
+    /// Download a consistent snapshot of a tenant into a file here.
+    Export(snapshots::ExportArgs),
+    /// Replace a tenant's data with a snapshot file from here.
+    Import(snapshots::ImportArgs),
 }
 
 impl Command {
@@ -54,6 +68,10 @@ impl Command {
         match self {
             Command::Tenants(args) => connect::deadline(&args.client.server, false),
             Command::Keys(args) => connect::deadline(&args.client.server, false),
+            Command::Backup(args) => connect::deadline(&args.client.server, false),
+            Command::Restore(args) => connect::deadline(&args.client.server, false),
+            Command::Export(args) => connect::deadline(&args.client.server, true),
+            Command::Import(args) => connect::deadline(&args.client.server, true),
         }
     }
 }
@@ -65,6 +83,10 @@ pub async fn run(command: Command) -> ExitCode {
         match command {
             Command::Tenants(args) => tenants::tenants(args, deadline).await,
             Command::Keys(args) => tenants::keys(args, deadline).await,
+            Command::Backup(args) => snapshots::backup(args, deadline).await,
+            Command::Restore(args) => snapshots::restore(args, deadline).await,
+            Command::Export(args) => snapshots::export(args, deadline).await,
+            Command::Import(args) => snapshots::import(args, deadline).await,
         }
     };
     let ran = match deadline {
@@ -94,7 +116,7 @@ pub enum Failure {
     Refused(Status),
     /// The server could not be reached, or did not answer in time.
     Unreachable { code: Code, message: String },
-    /// The work failed on this side, such as writing the output.
+    /// The work failed on this side: a file, a checksum.
     Failed(String),
 }
 

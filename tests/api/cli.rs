@@ -7,17 +7,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tenantry::pb;
 use tonic::Code;
 
-use crate::common::{ADMIN_TOKEN, TestServer, as_admin, expect_code, new_item, spawn};
+use crate::common::{ADMIN_TOKEN, TestServer, all_titles, as_admin, expect_code, new_item, spawn};
 
 /// What one run of the binary did.
 struct Ran {
     code: Option<i32>,
     stdout: String,
     stderr: String,
+    bytes: Vec<u8>,
 }
 
 impl Ran {
@@ -116,6 +118,7 @@ impl Cli {
             code: status.code(),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            bytes: stdout,
         }
     }
 
@@ -123,6 +126,10 @@ impl Cli {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 async fn tenant_state(server: &TestServer, id: &str) -> pb::TenantState {
@@ -324,6 +331,104 @@ async fn keys_are_created_listed_and_revoked() {
             .await,
         Code::Unauthenticated,
     );
+}
+
+#[tokio::test]
+async fn a_backup_is_restored_from_the_command_line() {
+    let server = spawn().await;
+    let tenant = server.tenant("acme").await;
+    let mut items = server.items().await;
+    items
+        .create_item(tenant.call(new_item("kept")))
+        .await
+        .unwrap();
+    let cli = Cli::new(&server);
+
+    let backup = cli.run(&["backup", &tenant.id, "-o", "json"]).await.json();
+    let path = backup["path"].as_str().unwrap().to_owned();
+    let on_disk = std::fs::read(server.data_dir().join(&path)).unwrap();
+    assert_eq!(backup["sha256"], sha256_hex(&on_disk).as_str());
+    assert_eq!(backup["size_bytes"], on_disk.len() as u64);
+    let table = cli.run(&["backup", &tenant.id]).await;
+    assert!(
+        table
+            .field("path")
+            .starts_with(&format!("backups/{}/", tenant.id))
+    );
+    assert_eq!(table.field("sha256").len(), 64);
+
+    items
+        .create_item(tenant.call(new_item("spilled")))
+        .await
+        .unwrap();
+    let restored = cli.run(&["restore", &tenant.id, &path]).await;
+    assert_eq!(restored.field("sha256"), sha256_hex(&on_disk));
+    assert_eq!(all_titles(&server, &tenant).await, ["kept"]);
+}
+
+#[tokio::test]
+async fn an_export_imported_into_another_tenant_brings_its_data() {
+    let server = spawn().await;
+    let source = server.tenant("source").await;
+    let copy = server.tenant("copy").await;
+    let mut items = server.items().await;
+    for title in ["first", "second"] {
+        items
+            .create_item(source.call(new_item(title)))
+            .await
+            .unwrap();
+    }
+    let cli = Cli::new(&server);
+
+    let file = cli.path("source.db");
+    let exported = cli.run(&["export", &source.id, "--out", &file]).await;
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(exported.field("sha256"), sha256_hex(&bytes));
+    assert_eq!(exported.field("path"), file);
+    assert!(!Path::new(&format!("{file}.partial")).exists());
+    // Standard error is not a terminal here: plain lines, no bar.
+    assert!(
+        exported.stderr.contains("export: ") && exported.stderr.contains("(100%)"),
+        "{}",
+        exported.stderr
+    );
+    assert!(!exported.stderr.contains('\x1b'), "{}", exported.stderr);
+
+    let imported = cli
+        .run(&["import", &copy.id, &file, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(imported["tenant_id"], copy.id.as_str());
+    assert_eq!(imported["sha256"], sha256_hex(&bytes).as_str());
+    assert_eq!(
+        all_titles(&server, &copy).await,
+        all_titles(&server, &source).await
+    );
+    assert_eq!(all_titles(&server, &copy).await, ["second", "first"]);
+
+    // To standard output: the snapshot there, its description on stderr.
+    let piped = cli.run(&["export", &source.id, "--out", "-"]).await;
+    assert_eq!(piped.code, Some(0), "{}", piped.stderr);
+    assert!(piped.bytes.starts_with(b"SQLite format 3\0"));
+    let described = piped
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("sha256:"))
+        .unwrap_or_else(|| panic!("{}", piped.stderr))
+        .trim();
+    assert_eq!(described, sha256_hex(&piped.bytes));
+
+    // A file that is not a tenant database is refused; the data stays.
+    let junk = cli.path("junk.db");
+    std::fs::write(&junk, b"not a database").unwrap();
+    let refused = cli.run(&["import", &copy.id, &junk]).await;
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("tenantry: INVALID_ARGUMENT: "),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(all_titles(&server, &copy).await, ["second", "first"]);
 }
 
 #[tokio::test]
