@@ -27,9 +27,6 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (the default).
     Serve(Config),
-    /// Bring every tenant database to this binary's schema version, with the
-    /// server stopped. A running server does the same with MigrateTenants.
-    Migrate(Config),
     #[command(flatten)]
     Client(cli::Command),
     /// Ask a running server whether it is serving (`grpc.health.v1`): exit
@@ -41,8 +38,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
-        Some(Command::Serve(config) | Command::Migrate(config)) => config.log_format,
-        Some(Command::Client(_) | Command::Health(_)) => LogFormat::Text,
+        Some(Command::Serve(config)) => config.log_format,
+        Some(Command::Client(command)) => command.log_format().unwrap_or(LogFormat::Text),
+        Some(Command::Health(_)) => LogFormat::Text,
         None => cli.serve.log_format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -61,14 +59,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let ran = match cli.command {
+    let served = match cli.command {
         Some(Command::Serve(config)) => runtime.block_on(serve(config)),
         None => runtime.block_on(serve(cli.serve)),
-        Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
         Some(Command::Client(command)) => return runtime.block_on(cli::run(command)),
         Some(Command::Health(args)) => return runtime.block_on(cli::health(args)),
     };
-    match ran {
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
@@ -82,45 +79,4 @@ async fn serve(config: Config) -> tenantry::error::Result<()> {
     let app = Application::build(config).await?;
     tracing::info!(address = %app.local_addr(), data_dir = %data_dir.display(), "tenantry is serving");
     app.run_until(tenantry::shutdown::signal()).await
-}
-
-/// `tenantry migrate`: one line per tenant on stdout, a summary at the end,
-/// and a failing exit status if any tenant could not be migrated.
-async fn migrate(config: Config) -> tenantry::error::Result<()> {
-    let workers = config.migrate_workers;
-    let data = tokio::task::spawn_blocking(move || tenantry::server::OpenData::open(&config))
-        .await
-        .expect("opening the data directory does not panic")?;
-    let (reports, mut received) = tokio::sync::mpsc::channel(64);
-    let registry = data.registry.clone();
-    let running = tokio::spawn(async move { registry.migrate_all(workers, reports).await });
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while let Some(report) = received.recv().await {
-        match &report.result {
-            Ok(()) => {
-                ok += 1;
-                println!(
-                    "{} migrated from version {} to {}",
-                    report.tenant_id, report.from_version, report.to_version
-                );
-            }
-            Err(error) => {
-                failed += 1;
-                println!(
-                    "{} FAILED at version {}: {}",
-                    report.tenant_id,
-                    report.from_version,
-                    tenantry::error::error_chain(error)
-                );
-            }
-        }
-    }
-    running.await.expect("the migration does not panic")?;
-    println!("{ok} tenants migrated, {failed} failed");
-    if failed > 0 {
-        return Err(tenantry::error::Error::FailedPrecondition(format!(
-            "{failed} tenants could not be migrated; see the lines above"
-        )));
-    }
-    Ok(())
 }

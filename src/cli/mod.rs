@@ -1,13 +1,13 @@
 //! The admin command line: `tenantry tenants|keys|backup|restore|export|
-//! import|health`, a client of a running server.
+//! import|migrate|health`, a client of a running server.
 //!
-//! Every command but `health` is one or a few calls
+//! Every command but `health` and `migrate --offline` is one or a few calls
 //! of `tenantry.v1.TenantService` through the generated client, with the
-//! admin token ([`connect`]). What comes back is printed in one place
-//! ([`output`]): an aligned table for people, or one JSON document with
-//! `--output json` for scripts. Long work (exports and imports of big
-//! tenants) shows a progress bar when standard error is a terminal,
-//! and plain lines otherwise ([`progress`]).
+//! admin token (`connect`). What comes back is printed in one place
+//! (`output`): an aligned table for people, or one JSON document with
+//! `--output json` for scripts. Long work (migrations, exports and imports
+//! of big tenants) shows a progress bar when standard error is a terminal,
+//! and plain lines otherwise (`progress`).
 //!
 //! A command that cannot do its work ends with a [`Failure`], printed as
 //! `tenantry: <CODE>: <message>` on standard error, and an exit status that
@@ -15,6 +15,7 @@
 
 mod connect;
 mod health;
+mod migrate;
 mod output;
 mod progress;
 mod snapshots;
@@ -27,21 +28,23 @@ use clap::Subcommand;
 use tonic::{Code, Status};
 
 use crate::api::audited::code_name;
+use crate::config::LogFormat;
 
 pub use health::{HealthArgs, health};
+pub use migrate::MigrateArgs;
 
 /// The exit statuses of the client commands, for `--help` and the README.
 pub const EXIT_STATUSES: &str = "\
 Exit status of the client commands:
   0  done
   1  the server refused the call (its status code is printed), or the work
-     failed on this side (a file, a checksum)
+     failed on this side (a file, a checksum, a tenant that did not migrate)
   2  the command line cannot work as given (a bad flag, no admin token)
   3  no answer: the server could not be reached, did not answer within
      --timeout, or asked to be called again later (UNAVAILABLE); worth retrying";
 
-/// The commands that talk to a running server (`health`, with its own exit
-/// statuses, stands apart: [`health()`]).
+/// The commands that talk to a running server, and the offline migration
+/// (`health`, with its own exit statuses, stands apart: [`health()`]).
 #[derive(Subcommand)]
 pub enum Command {
     /// Create, list, show, suspend, resume and delete tenants.
@@ -60,9 +63,21 @@ pub enum Command {
     Export(snapshots::ExportArgs),
     /// Replace a tenant's data with a snapshot file from here.
     Import(snapshots::ImportArgs),
+    /// Bring every tenant database to the server's schema version: through
+    /// the running server (MigrateTenants), or with `--offline` in a stopped
+    /// server's data directory.
+    Migrate(MigrateArgs),
 }
 
 impl Command {
+    /// The log format the command asks for, if it has a setting for it.
+    pub fn log_format(&self) -> Option<LogFormat> {
+        match self {
+            Command::Migrate(args) => Some(args.log_format()),
+            _ => None,
+        }
+    }
+
     /// How long the command may take, as `--timeout` or its default says.
     fn deadline(&self) -> Option<Duration> {
         match self {
@@ -72,6 +87,7 @@ impl Command {
             Command::Restore(args) => connect::deadline(&args.client.server, false),
             Command::Export(args) => connect::deadline(&args.client.server, true),
             Command::Import(args) => connect::deadline(&args.client.server, true),
+            Command::Migrate(args) => args.deadline(),
         }
     }
 }
@@ -87,6 +103,7 @@ pub async fn run(command: Command) -> ExitCode {
             Command::Restore(args) => snapshots::restore(args, deadline).await,
             Command::Export(args) => snapshots::export(args, deadline).await,
             Command::Import(args) => snapshots::import(args, deadline).await,
+            Command::Migrate(args) => migrate::migrate(args, deadline).await,
         }
     };
     let ran = match deadline {
@@ -116,7 +133,8 @@ pub enum Failure {
     Refused(Status),
     /// The server could not be reached, or did not answer in time.
     Unreachable { code: Code, message: String },
-    /// The work failed on this side: a file, a checksum.
+    /// The work failed on this side: a file, a checksum, a tenant that could
+    /// not be migrated.
     Failed(String),
 }
 

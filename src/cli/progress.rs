@@ -1,4 +1,4 @@
-//! Progress of long work (exports, imports): a bar on standard
+//! Progress of long work (migrations, exports, imports): a bar on standard
 //! error when it is a terminal, and otherwise a plain line now and then (a
 //! log file or a CI job has no use for a redrawn bar), and one at the end.
 
@@ -7,10 +7,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Without a terminal, a line every this many bytes.
-const BYTES_PER_LINE: u64 = 32 << 20;
+use super::Outcome;
+use super::output::write_stdout;
 
-/// The progress of one piece of work, named `what` (`export`, `import`).
+/// Without a terminal, a line every this many bytes…
+const BYTES_PER_LINE: u64 = 32 << 20;
+/// …or tenants.
+const TENANTS_PER_LINE: u64 = 100;
+
+/// The progress of one piece of work, named `what` (`export`, `migrate`).
 pub struct Progress {
     what: &'static str,
     unit: Unit,
@@ -24,12 +29,18 @@ pub struct Progress {
 #[derive(Clone, Copy)]
 enum Unit {
     Bytes,
+    Tenants,
 }
 
 impl Progress {
     /// Work measured in bytes, `total` of them.
     pub fn bytes(what: &'static str, total: u64) -> Self {
         Progress::new(what, Unit::Bytes, Some(total))
+    }
+
+    /// Work measured in tenants, how many not known in advance.
+    pub fn tenants(what: &'static str) -> Self {
+        Progress::new(what, Unit::Tenants, None)
     }
 
     fn new(what: &'static str, unit: Unit, total: Option<u64>) -> Self {
@@ -62,6 +73,22 @@ impl Progress {
         }
     }
 
+    /// Says more about the work on the bar, such as failures so far.
+    pub fn set_message(&self, message: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message);
+        }
+    }
+
+    /// Prints a line of the command's output on standard output, without
+    /// garbling the bar.
+    pub fn print(&self, line: &str) -> Outcome {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| write_stdout(line)),
+            None => write_stdout(line),
+        }
+    }
+
     /// Ends the work: the bar goes away, or a last line says how much was
     /// done.
     pub fn finish(self) {
@@ -86,6 +113,7 @@ impl Progress {
                 (self.done * 100).checked_div(total).unwrap_or(100)
             ),
             (Unit::Bytes, None) => BinaryBytes(self.done).to_string(),
+            (Unit::Tenants, _) => format!("{} tenants", self.done),
         }
     }
 }
@@ -93,6 +121,7 @@ impl Progress {
 fn per_line(unit: Unit) -> u64 {
     match unit {
         Unit::Bytes => BYTES_PER_LINE,
+        Unit::Tenants => TENANTS_PER_LINE,
     }
 }
 
@@ -101,6 +130,7 @@ fn bar(what: &'static str, unit: Unit, total: Option<u64>) -> ProgressBar {
         Unit::Bytes => {
             "{prefix} {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
         }
+        Unit::Tenants => "{spinner} {prefix}: {pos} tenants done {msg} ({elapsed})",
     };
     let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
         .with_style(ProgressStyle::with_template(template).expect("the templates are valid"))
@@ -122,5 +152,9 @@ mod tests {
         let mut empty = Progress::bytes("import", 0);
         empty.bar = None;
         assert_eq!(empty.amount(), "0 B of 0 B (100%)");
+        let mut migrate = Progress::tenants("migrate");
+        migrate.bar = None;
+        migrate.advance(7);
+        assert_eq!(migrate.amount(), "7 tenants");
     }
 }

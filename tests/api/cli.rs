@@ -10,9 +10,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tenantry::pb;
+use tenantry::tenant::migrations::latest;
 use tonic::Code;
 
-use crate::common::{ADMIN_TOKEN, TestServer, all_titles, as_admin, expect_code, new_item, spawn};
+use crate::common::{
+    ADMIN_TOKEN, TestServer, all_titles, as_admin, expect_code, new_item, spawn, spawn_in,
+};
+use crate::migrations::{record_version, write_v1_tenant};
 
 /// What one run of the binary did.
 struct Ran {
@@ -432,6 +436,44 @@ async fn an_export_imported_into_another_tenant_brings_its_data() {
 }
 
 #[tokio::test]
+async fn migrate_asks_the_running_server_and_reports_each_tenant() {
+    let server = spawn().await;
+    let old = server.tenant("old").await;
+    server.tenant("current").await;
+    let dir = server.stop().await;
+    write_v1_tenant(
+        &dir.path().join(format!("data/tenants/{}.db", old.id)),
+        &["kept"],
+    );
+    record_version(&dir, &[&old], 1);
+    let server = spawn_in(dir, |_| {}).await;
+    let cli = Cli::new(&server);
+
+    let ran = cli.run(&["migrate"]).await;
+    let stdout = ran.succeeded();
+    assert_eq!(
+        stdout,
+        format!(
+            "{} migrated from version 1 to {}\n1 tenants migrated, 0 failed\n",
+            old.id,
+            latest()
+        )
+    );
+    assert!(
+        ran.stderr.contains("migrate: 1 tenants in"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(all_titles(&server, &old).await, ["kept"]);
+
+    let again = cli.run(&["migrate", "-o", "json"]).await.json();
+    assert_eq!(
+        again,
+        serde_json::json!({"migrated": 0, "failed": 0, "tenants": []})
+    );
+}
+
+#[tokio::test]
 async fn the_admin_token_comes_from_the_environment_or_a_file_never_a_flag() {
     let server = spawn().await;
     let cli = Cli::without_token(&server);
@@ -501,5 +543,12 @@ async fn a_server_that_cannot_be_reached_exits_3() {
             .starts_with("tenantry: UNAVAILABLE: cannot connect to"),
         "{}",
         ran.stderr
+    );
+    let migrate = cli.run(&["migrate"]).await;
+    assert_eq!(migrate.code, Some(3));
+    assert!(
+        migrate.stderr.contains("add --offline"),
+        "{}",
+        migrate.stderr
     );
 }
