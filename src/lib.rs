@@ -40,6 +40,10 @@
 //! call ever sees a file half moved; each one is recorded in the catalog
 //! first, so start-up can finish it after a crash. Health and reflection need
 //! no credential.
+//!
+//! The `tenantry` binary is also the admin client of a running server
+//! ([`cli`]): its commands call the admin API through the generated client,
+//! as any other client does.
 
 pub mod api;
 pub mod audit;
@@ -47,6 +51,7 @@ pub mod auth;
 pub mod bench;
 pub mod calls;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod data_dir;

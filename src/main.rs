@@ -5,11 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tenantry::config::LogFormat;
-use tenantry::{Application, Config};
+use tenantry::{Application, Config, cli};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_help = cli::EXIT_STATUSES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,36 +27,22 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (the default).
     Serve(Config),
-    /// Bring every tenant database to this binary's schema version, with the
-    /// server stopped. A running server does the same with MigrateTenants.
-    Migrate(Config),
+    #[command(flatten)]
+    Client(cli::Command),
     /// Ask a running server whether it is serving (`grpc.health.v1`): exit
     /// status 0 if it is, 1 if not or if it cannot be reached. For container
     /// health checks, with no other binary.
-    Health(HealthArgs),
+    Health(cli::HealthArgs),
     /// Measure a server under load, next to Health/Check measured in the
     /// same run (see BENCHMARKS.md).
     Bench(tenantry::bench::BenchArgs),
 }
 
-#[derive(clap::Args)]
-struct HealthArgs {
-    /// The server's address. An unspecified address (`0.0.0.0`, `[::]`), as
-    /// a container's `TENANTRY_LISTEN` usually is, means this host.
-    #[arg(long, env = "TENANTRY_LISTEN", default_value = "127.0.0.1:50051")]
-    addr: std::net::SocketAddr,
-    /// The service to ask about; empty for the server as a whole.
-    #[arg(long, default_value = "")]
-    service: String,
-    /// How long to wait for the answer, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
-    timeout_ms: u64,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {
-        Some(Command::Serve(config) | Command::Migrate(config)) => config.log_format,
+        Some(Command::Serve(config)) => config.log_format,
+        Some(Command::Client(command)) => command.log_format().unwrap_or(LogFormat::Text),
         Some(Command::Health(_) | Command::Bench(_)) => LogFormat::Text,
         None => cli.serve.log_format,
     };
@@ -71,14 +62,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let ran = match cli.command {
+    let served = match cli.command {
         Some(Command::Serve(config)) => runtime.block_on(serve(config)),
         None => runtime.block_on(serve(cli.serve)),
-        Some(Command::Migrate(config)) => runtime.block_on(migrate(config)),
-        Some(Command::Health(args)) => return runtime.block_on(health(args)),
+        Some(Command::Client(command)) => return runtime.block_on(cli::run(command)),
+        Some(Command::Health(args)) => return runtime.block_on(cli::health(args)),
         Some(Command::Bench(args)) => return runtime.block_on(bench(args)),
     };
-    match ran {
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", tenantry::error::error_chain(&error));
@@ -99,100 +90,9 @@ async fn bench(args: tenantry::bench::BenchArgs) -> ExitCode {
     }
 }
 
-/// `tenantry health`: prints the serving status, or why there is none.
-async fn health(args: HealthArgs) -> ExitCode {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-    let mut addr = args.addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let timeout = std::time::Duration::from_millis(args.timeout_ms);
-    let asked = tokio::time::timeout(timeout, async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot connect to {addr} ({}): is the server running there?",
-                    tenantry::error::error_chain(&e)
-                )
-            })?;
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: args.service.clone(),
-            })
-            .await
-            .map(|answer| answer.into_inner().status())
-            .map_err(|status| format!("{addr} answered {:?}: {}", status.code(), status.message()))
-    })
-    .await
-    .unwrap_or_else(|_| Err(format!("no answer from {addr} within {timeout:?}")));
-    match asked {
-        Ok(ServingStatus::Serving) => {
-            println!("SERVING");
-            ExitCode::SUCCESS
-        }
-        Ok(status) => {
-            println!("{}", status.as_str_name());
-            ExitCode::FAILURE
-        }
-        Err(problem) => {
-            eprintln!("tenantry health: {problem}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 async fn serve(config: Config) -> tenantry::error::Result<()> {
     let data_dir = config.data_dir.clone();
     let app = Application::build(config).await?;
     tracing::info!(address = %app.local_addr(), data_dir = %data_dir.display(), "tenantry is serving");
     app.run_until(tenantry::shutdown::signal()).await
-}
-
-/// `tenantry migrate`: one line per tenant on stdout, a summary at the end,
-/// and a failing exit status if any tenant could not be migrated.
-async fn migrate(config: Config) -> tenantry::error::Result<()> {
-    let workers = config.migrate_workers;
-    let data = tokio::task::spawn_blocking(move || tenantry::server::OpenData::open(&config))
-        .await
-        .expect("opening the data directory does not panic")?;
-    let (reports, mut received) = tokio::sync::mpsc::channel(64);
-    let registry = data.registry.clone();
-    let running = tokio::spawn(async move { registry.migrate_all(workers, reports).await });
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while let Some(report) = received.recv().await {
-        match &report.result {
-            Ok(()) => {
-                ok += 1;
-                println!(
-                    "{} migrated from version {} to {}",
-                    report.tenant_id, report.from_version, report.to_version
-                );
-            }
-            Err(error) => {
-                failed += 1;
-                println!(
-                    "{} FAILED at version {}: {}",
-                    report.tenant_id,
-                    report.from_version,
-                    tenantry::error::error_chain(error)
-                );
-            }
-        }
-    }
-    running.await.expect("the migration does not panic")?;
-    println!("{ok} tenants migrated, {failed} failed");
-    if failed > 0 {
-        return Err(tenantry::error::Error::FailedPrecondition(format!(
-            "{failed} tenants could not be migrated; see the lines above"
-        )));
-    }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 mod acting;
 mod audit;
 mod backups;
+mod cli;
 mod common;
 mod crash;
 mod discovery;

@@ -1,5 +1,5 @@
 //! Schema migrations of tenant databases: lazy on open, eager with
-//! MigrateTenants, offline with `tenantry migrate`, never downward.
+//! MigrateTenants, offline with `tenantry migrate --offline`, never downward.
 
 use std::path::Path;
 use std::process::Command;
@@ -249,7 +249,7 @@ async fn tenantry_migrate_runs_offline_and_refuses_a_directory_in_use() {
     let old = server.tenant("old").await;
     let fine = server.tenant("fine").await;
     let busy = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["migrate", "--data-dir"])
+        .args(["migrate", "--offline", "--data-dir"])
         .arg(server.data_dir())
         .output()
         .unwrap();
@@ -267,7 +267,7 @@ async fn tenantry_migrate_runs_offline_and_refuses_a_directory_in_use() {
     );
     record_version(&dir, &[&old], 1);
     let ran = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["migrate", "--data-dir"])
+        .args(["migrate", "--offline", "--data-dir"])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
