@@ -49,10 +49,11 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,
 
-    /// Run a tenant's reads on the async threads when one of its connections
-    /// is idle (a point read costs about what handing it to a blocking
-    /// thread costs); `false` sends every read to a blocking thread, which
-    /// suits storage so slow that a read may wait on the disk for long.
+    /// Run a tenant's point reads and list pages on the async threads when
+    /// one of its connections is idle (a point read costs a few microseconds,
+    /// handing it to a blocking thread several times that); `false` sends
+    /// every read to a blocking thread, which suits storage so slow that a
+    /// read may wait on the disk for long.
     #[arg(
         long,
         env = "TENANTRY_INLINE_READS",
