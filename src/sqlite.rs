@@ -119,6 +119,34 @@ fn shrink_lookaside(conn: &Connection) {
     }
 }
 
+/// Makes a database's pooled connections: the one its open prepared first,
+/// then new ones from the file.
+pub struct Manager {
+    files: SqliteConnectionManager,
+    first: std::sync::Mutex<Option<Connection>>,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let first = self.first.lock().ok().and_then(|mut first| first.take());
+        match first {
+            Some(conn) => Ok(conn),
+            None => self.files.connect(),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.files.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        self.files.has_broken(conn)
+    }
+}
+
 /// Flags for files that must already exist: a missing tenant file is an
 /// error, never a silently empty tenant.
 const EXISTING: OpenFlags =
@@ -130,7 +158,7 @@ pub struct Database {
     /// [`Database::check_in_place`].
     identity: (u64, u64),
     /// `None` once the database is retired; see [`Database::retire`].
-    pool: Arc<std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>>,
+    pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     connections: u32,
     inline_reads: bool,
     /// One permit per connection: the calls running on this database.
@@ -171,8 +199,10 @@ pub struct Retired;
 
 impl Database {
     /// Opens an existing database file: first on one connection of its own,
-    /// which runs `prepare` (switching to WAL, migrating) and is closed, then
-    /// as a pool whose connections are made on demand. A missing file is an
+    /// which runs `prepare` (switching to WAL, migrating) and then becomes
+    /// the pool's first connection (closing it and opening another would
+    /// checkpoint the file, delete its `-wal` and `-shm`, and make them
+    /// again); more are made on demand. A missing file is an
     /// error, never a new empty database; so is a file that is not a SQLite
     /// database, at once and with SQLite's own error (a pool would retry a
     /// failing connection until its timeout, and keep only the message).
@@ -193,11 +223,13 @@ impl Database {
         let identity = file_identity(path)
             .context(|| format!("opening {}", path.display()))?
             .ok_or_else(|| moved(path))?;
-        drop(conn);
         let configured = settings.clone();
-        let manager = SqliteConnectionManager::file(path)
-            .with_flags(EXISTING)
-            .with_init(move |conn| configured.configure(conn));
+        let manager = Manager {
+            files: SqliteConnectionManager::file(path)
+                .with_flags(EXISTING)
+                .with_init(move |conn| configured.configure(conn)),
+            first: std::sync::Mutex::new(Some(conn)),
+        };
         let pool = Pool::builder()
             .max_size(settings.connections)
             .min_idle(Some(0))
@@ -206,6 +238,12 @@ impl Database {
             .test_on_check_out(false)
             .thread_pool(settings.threads.clone())
             .build_unchecked(manager);
+        // Hand the first connection to the pool now, on this blocking
+        // thread, so that the call that opened the tenant finds it idle.
+        drop(
+            pool.get()
+                .context(|| format!("opening {}", path.display()))?,
+        );
         let database = Database {
             path: path.to_owned(),
             identity,
@@ -248,7 +286,7 @@ impl Database {
         &self.path
     }
 
-    fn pool(&self) -> Result<Pool<SqliteConnectionManager>> {
+    fn pool(&self) -> Result<Pool<Manager>> {
         self.pool
             .lock()
             .expect("the pool lock is never poisoned")
@@ -506,7 +544,7 @@ fn retired(_: Retired) -> Error {
 /// Drains a database's write queue on a blocking thread, a batch at a time.
 struct Writer {
     queue: Arc<std::sync::Mutex<WriteQueue>>,
-    pool: Arc<std::sync::Mutex<Option<Pool<SqliteConnectionManager>>>>,
+    pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     path: PathBuf,
     identity: (u64, u64),
 }

@@ -99,6 +99,9 @@ fn plan(args: &BenchArgs) -> Plan {
     };
     let mut server_args: Vec<String> = server_args;
     server_args.push("--metrics-listen=127.0.0.1:0".into());
+    // A flag given with --server-arg replaces the scenario's own.
+    let flag = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+    server_args.retain(|default| !args.server_args.iter().any(|a| flag(a) == flag(default)));
     server_args.extend(args.server_args.iter().cloned());
     Plan {
         tenants: args.tenants.unwrap_or(tenants),

@@ -93,10 +93,18 @@ impl Registry {
             .time_to_idle(settings.idle)
             .eviction_listener({
                 let metrics = metrics.clone();
-                move |tenant: Arc<TenantId>, _, cause| {
+                move |tenant: Arc<TenantId>, database: Arc<Database>, cause| {
                     tracing::debug!(tenant = %tenant, ?cause, "closing tenant database");
                     if cause.was_evicted() {
                         metrics.registry_evictions.inc();
+                    }
+                    // Closing the last connection checkpoints the file and
+                    // deletes its -wal and -shm: file system work, which
+                    // does not belong on the async thread running the cache's
+                    // housekeeping. (A call still holding the database closes
+                    // it when it lets go.)
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn_blocking(move || drop(database));
                     }
                 }
             })
