@@ -60,7 +60,10 @@ impl OpenData {
     pub fn open(config: &Config) -> Result<Self> {
         let data_dir = DataDir::create(&config.data_dir)?;
         let lock = data_dir.lock()?;
-        let catalog_pool = PoolSettings::new(4, 2048, config.busy_timeout());
+        // 16 MiB of page cache per catalog connection (grown only as used):
+        // the tenants and keys of 100,000 tenants fit, so a lookup does not
+        // go to the file.
+        let catalog_pool = PoolSettings::new(4, 16 * 1024, config.busy_timeout());
         let catalog = Catalog::open(&data_dir, &catalog_pool)?;
         crate::tenant::recover(&catalog, &data_dir)?;
         let registry = Registry::new(
