@@ -60,10 +60,15 @@ impl OpenData {
     pub fn open(config: &Config) -> Result<Self> {
         let data_dir = DataDir::create(&config.data_dir)?;
         let lock = data_dir.lock()?;
-        // 16 MiB of page cache per catalog connection (grown only as used):
-        // the tenants and keys of 100,000 tenants fit, so a lookup does not
-        // go to the file.
-        let catalog_pool = PoolSettings::new(4, 16 * 1024, config.busy_timeout());
+        // The catalog is read through a memory map (shared by its
+        // connections, and by the kernel's page cache) and 16 MiB of page
+        // cache per connection, grown only as used: with 100,000 tenants a
+        // lookup by id costs about what it costs with 100 (without the map,
+        // a fifth more: a read call per page not yet cached).
+        let catalog_pool = PoolSettings {
+            mmap_bytes: 1 << 30,
+            ..PoolSettings::new(4, 16 * 1024, config.busy_timeout())
+        };
         let catalog = Catalog::open(&data_dir, &catalog_pool)?;
         crate::tenant::recover(&catalog, &data_dir)?;
         let registry = Registry::new(

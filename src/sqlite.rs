@@ -44,6 +44,10 @@ pub struct PoolSettings {
     /// `max_page_count`); a write that needs more fails with `SQLITE_FULL`.
     /// `None` for no limit.
     pub max_bytes: Option<u64>,
+    /// Bytes of the file SQLite reads through a memory map rather than
+    /// `read` calls (`PRAGMA mmap_size`); 0 for none. The map is shared by
+    /// every connection through the kernel's page cache.
+    pub mmap_bytes: u64,
     /// r2d2 opens connections and reaps idle ones on a thread pool; one pool
     /// shared by every database keeps thousands of open tenants from costing
     /// thousands of threads.
@@ -59,6 +63,7 @@ impl PoolSettings {
             idle_connection: Duration::from_secs(60),
             inline_reads: false,
             max_bytes: None,
+            mmap_bytes: 0,
             threads: Arc::new(
                 ScheduledThreadPool::builder()
                     .num_threads(2)
@@ -79,6 +84,9 @@ impl PoolSettings {
              PRAGMA cache_size = -{};",
             self.cache_kib
         ))?;
+        if self.mmap_bytes > 0 {
+            conn.pragma_update(None, "mmap_size", self.mmap_bytes as i64)?;
+        }
         if let Some(max_bytes) = self.max_bytes {
             // Freed pages are reused, so deleting data makes room again. A
             // file already past the limit keeps its size; only growth fails.
