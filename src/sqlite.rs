@@ -377,7 +377,10 @@ impl Database {
             let result = limits::check(deadline)
                 .and_then(|()| check_in_place(&self.path, self.identity))
                 .and_then(|()| f(&conn));
+            // As below: the connection and the pool handle go before the
+            // turn, so a retire holding every turn has nothing left open.
             drop(conn);
+            drop(pool);
             drop(turn);
             return result;
         }
@@ -437,6 +440,8 @@ impl Database {
         if start {
             let writer = Writer {
                 queue: self.queue.clone(),
+                readers: self.readers.clone(),
+                runtime: tokio::runtime::Handle::current(),
                 pool: self.pool.clone(),
                 path: self.path.clone(),
                 identity: self.identity,
@@ -552,6 +557,8 @@ fn retired(_: Retired) -> Error {
 /// Drains a database's write queue on a blocking thread, a batch at a time.
 struct Writer {
     queue: Arc<std::sync::Mutex<WriteQueue>>,
+    readers: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     path: PathBuf,
     identity: (u64, u64),
@@ -559,16 +566,6 @@ struct Writer {
 
 impl Writer {
     fn drain(self) {
-        // Should a write panic, the next write starts a new writer.
-        struct Draining<'a>(&'a std::sync::Mutex<WriteQueue>);
-        impl Drop for Draining<'_> {
-            fn drop(&mut self) {
-                if let Ok(mut queue) = self.0.lock() {
-                    queue.draining = false;
-                }
-            }
-        }
-        let _draining = Draining(&self.queue);
         loop {
             let batch = {
                 let mut queue = self
@@ -581,7 +578,14 @@ impl Writer {
                 }
                 std::mem::take(&mut queue.writes)
             };
-            let finished = self.run(batch);
+            // A write that panics fails its batch (whose callers hear an
+            // internal error when their answers are dropped), and the writer
+            // goes on with the queue: nothing queued is left unanswered.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(batch)));
+            let Ok(finished) = run else {
+                tracing::error!(path = %self.path.display(), "a write panicked; its batch failed");
+                continue;
+            };
             // Answers go out (and turns end) only once the connection and the
             // pool handle are let go, so that a retire that holds every turn
             // knows no connection is in use.
@@ -593,6 +597,15 @@ impl Writer {
 
     /// Runs a batch; returns each write with what its caller must hear.
     fn run(&self, mut batch: Vec<Box<dyn Pending>>) -> Vec<(Box<dyn Pending>, Result<()>)> {
+        // A connection permit, like a read's, so that the pool always has a
+        // connection for whoever holds one: waiting here has no timeout,
+        // waiting in the pool would.
+        let Ok(_permit) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
+            return fail_all(
+                batch,
+                Error::Unavailable("the database was closed; retry the call".into()),
+            );
+        };
         let pool = self
             .pool
             .lock()
@@ -629,13 +642,21 @@ impl Writer {
                 Ran::Kept => kept.push(write),
                 Ran::Undone(error) => finished.push((write, Err(error))),
                 Ran::Broken(error) => {
-                    // SQLite rolled the whole transaction back: the writes
-                    // kept so far are undone too, and fail with the same
-                    // error. Those not run yet get a transaction of their own.
-                    let error = Arc::new(error);
-                    finished.push((write, Err(Error::Shared(error.clone()))));
+                    // SQLite rolled the whole transaction back (a write past
+                    // the quota does that): this write fails with its error;
+                    // the writes kept so far are undone through no fault of
+                    // theirs, and fail with one their callers may retry.
+                    // Those not run yet get a transaction of their own.
+                    finished.push((write, Err(error)));
                     for write in kept.drain(..) {
-                        finished.push((write, Err(Error::Shared(error.clone()))));
+                        finished.push((
+                            write,
+                            Err(Error::Unavailable(
+                                "the write was undone with another write that failed in the same \
+                                 transaction; retry it"
+                                    .into(),
+                            )),
+                        ));
                     }
                     break;
                 }
@@ -766,6 +787,7 @@ fn write_now<T>(
     deadline: Option<tokio::time::Instant>,
     f: impl FnOnce(&Transaction) -> Result<T>,
 ) -> Result<T> {
+    limits::check(deadline)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context(|| "starting a write transaction".into())?;
@@ -820,10 +842,13 @@ mod tests {
     use super::*;
 
     fn database(dir: &Path) -> Arc<Database> {
+        database_with(dir, PoolSettings::new(2, 256, Duration::from_secs(5)))
+    }
+
+    fn database_with(dir: &Path, settings: PoolSettings) -> Arc<Database> {
         let path = dir.join("t.db");
-        let settings = PoolSettings::new(2, 256, Duration::from_secs(5));
         Database::create(&path, &settings, |conn| {
-            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, b BLOB)")
                 .context(|| "creating t".into())
         })
         .unwrap();
@@ -902,6 +927,111 @@ mod tests {
             [0, 2, 4],
             "only the writes that succeeded are stored"
         );
+    }
+
+    /// Holds the writer busy in a first write until `release` is sent, so
+    /// that the writes queued meanwhile run as one batch.
+    async fn hold_writer(
+        db: &Arc<Database>,
+    ) -> (
+        tokio::task::JoinHandle<Result<()>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |tx| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    insert(tx, 0)
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        (first, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_past_the_quota_fails_alone_and_its_batch_can_retry() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let settings = PoolSettings {
+            max_bytes: Some(64 * 1024),
+            ..PoolSettings::new(2, 256, Duration::from_secs(5))
+        };
+        let db = database_with(dir.path(), settings);
+        let (first, release) = hold_writer(&db).await;
+        let mut queued = Vec::new();
+        for n in 1..=4i64 {
+            let db = db.clone();
+            let mut write = Box::pin(async move {
+                db.write(move |tx| {
+                    let size = if n == 2 { 256 * 1024 } else { 16 };
+                    tx.execute("INSERT INTO t (n, b) VALUES (?1, zeroblob(?2))", [n, size])
+                        .map(|_| ())
+                        .context(|| format!("inserting {n}"))
+                })
+                .await
+            });
+            assert!(futures::poll!(&mut write).is_pending());
+            queued.push(write);
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut outcomes = Vec::new();
+        for write in queued {
+            outcomes.push(write.await);
+        }
+        assert!(
+            matches!(outcomes[0], Err(Error::Unavailable(_))),
+            "a write undone by another one's failure may be retried: {:?}",
+            outcomes[0]
+        );
+        let full = outcomes[1]
+            .as_ref()
+            .unwrap_err()
+            .sqlite_code()
+            .map(|c| c.code);
+        assert_eq!(full, Some(rusqlite::ffi::ErrorCode::DiskFull));
+        assert!(outcomes[2].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_panics_fails_its_batch_and_the_queue_goes_on() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = database(dir.path());
+        let (started, running) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let panicking = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |_| -> Result<()> {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    panic!("a bug in a write")
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        // Queued while the panicking write runs: the writer must still get to it.
+        let mut behind = Box::pin({
+            let db = db.clone();
+            async move { db.write(|tx| insert(tx, 7)).await }
+        });
+        assert!(futures::poll!(&mut behind).is_pending());
+        release.send(()).unwrap();
+        assert!(panicking.await.unwrap().is_err());
+        behind.await.unwrap();
+        db.write(|tx| insert(tx, 8)).await.unwrap();
+        db.retire().await;
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(stored, 2, "the writes queued behind the panic and after it");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ pub struct Registry {
 
 struct Inner {
     open: Cache<TenantId, Arc<Database>>,
-    gates: Gates,
+    gates: Arc<Gates>,
     catalog: Catalog,
     data_dir: DataDir,
     pool: PoolSettings,
@@ -88,6 +88,8 @@ pub struct Shared {
 impl Registry {
     pub fn new(catalog: Catalog, data_dir: DataDir, settings: RegistrySettings) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let gates = Arc::new(Gates::default());
+        let closing_gates = gates.clone();
         let open = Cache::builder()
             .max_capacity(settings.max_open)
             .time_to_idle(settings.idle)
@@ -101,10 +103,18 @@ impl Registry {
                     // Closing the last connection checkpoints the file and
                     // deletes its -wal and -shm: file system work, which
                     // does not belong on the async thread running the cache's
-                    // housekeeping. (A call still holding the database closes
-                    // it when it lets go.)
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn_blocking(move || drop(database));
+                    // housekeeping. The close holds the tenant's gate shared,
+                    // so that an operation moving the file waits for it. If
+                    // such an operation holds the gate already, the database
+                    // closes here and now, as it would have anyway. (A call
+                    // still holding the database closes it when it lets go.)
+                    let gate = gate(&closing_gates, *tenant).try_read_owned();
+                    if let (Ok(runtime), Ok(shared)) = (tokio::runtime::Handle::try_current(), gate)
+                    {
+                        runtime.spawn_blocking(move || {
+                            drop(database);
+                            drop(shared);
+                        });
                     }
                 }
             })
@@ -112,7 +122,7 @@ impl Registry {
         Registry {
             inner: Arc::new(Inner {
                 open,
-                gates: Gates::default(),
+                gates,
                 catalog,
                 data_dir,
                 pool: settings.pool,
