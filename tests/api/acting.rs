@@ -5,12 +5,11 @@
 
 use tenantry::pb::{
     self, AuditSource, DeleteItemRequest, GetItemRequest, ListItemsRequest, UpdateItemRequest,
-    UpdateTenantRequest,
 };
 use tonic::Code;
 
 use crate::audit::trail;
-use crate::common::{as_admin, as_admin_for, expect_code, new_item, spawn};
+use crate::common::{as_admin, as_admin_for, expect_code, new_item, spawn, suspend};
 
 #[tokio::test]
 async fn the_admin_acts_for_a_tenant_and_every_call_is_an_admin_event_on_it() {
@@ -157,7 +156,6 @@ async fn the_admin_is_refused_for_a_tenant_that_cannot_be_served_and_the_refusal
     let server = spawn().await;
     let acme = server.tenant("acme").await;
     let mut items = server.items().await;
-    let mut admin = server.admin().await;
 
     // No tenant named: the admin token alone selects nothing.
     expect_code(
@@ -176,19 +174,7 @@ async fn the_admin_is_refused_for_a_tenant_that_cannot_be_served_and_the_refusal
     );
     assert!(status.message().contains(&nobody), "{status:?}");
     // A suspended tenant: like its own keys, the admin must resume it first.
-    admin
-        .update_tenant(as_admin(UpdateTenantRequest {
-            tenant: Some(pb::Tenant {
-                id: acme.id.clone(),
-                state: pb::TenantState::Suspended.into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-        }))
-        .await
-        .unwrap();
+    suspend(&server, &acme.id).await;
     expect_code(
         items
             .create_item(as_admin_for(&acme.id, new_item("while suspended")))

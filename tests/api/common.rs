@@ -238,6 +238,26 @@ pub async fn create_tenant(admin: &mut TenantServiceClient<Channel>, name: &str)
     }
 }
 
+/// Suspends a tenant through the admin API (UpdateTenant with the `state`
+/// mask).
+pub async fn suspend(server: &TestServer, tenant_id: &str) {
+    server
+        .admin()
+        .await
+        .update_tenant(as_admin(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                id: tenant_id.into(),
+                state: pb::TenantState::Suspended.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["state".into()],
+            }),
+        }))
+        .await
+        .expect("suspends the tenant");
+}
+
 /// A tenant and one of its API keys.
 #[derive(Clone)]
 pub struct TestTenant {

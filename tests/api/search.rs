@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tenantry::ids::TenantId;
-use tenantry::pb::{self, SearchItemsRequest, SearchItemsResponse, UpdateTenantRequest};
+use tenantry::pb::{self, SearchItemsRequest, SearchItemsResponse};
 use tonic::{Code, Streaming};
 
 use crate::audit::trail;
-use crate::common::{TestServer, as_admin, as_admin_for, expect_code, new_item, spawn, spawn_with};
+use crate::common::{
+    TestServer, as_admin, as_admin_for, expect_code, new_item, spawn, spawn_with, suspend,
+};
 
 fn tenant_id(text: &str) -> TenantId {
     TenantId::parse("id", text).unwrap()
@@ -276,21 +278,7 @@ async fn a_search_matches_titles_filters_and_names_tenants_as_asked() {
     // Named tenants, in the order named; an unknown one is an error entry
     // and the others go on; a suspended one can be searched by name but is
     // left out of "every active tenant".
-    server
-        .admin()
-        .await
-        .update_tenant(as_admin(UpdateTenantRequest {
-            tenant: Some(pb::Tenant {
-                id: globex.id.clone(),
-                state: pb::TenantState::Suspended.into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["state".into()],
-            }),
-        }))
-        .await
-        .unwrap();
+    suspend(&server, &globex.id).await;
     let nobody = uuid::Uuid::new_v4().to_string();
     let named = SearchItemsRequest {
         tenant_ids: vec![globex.id.clone(), nobody.clone(), acme.id.clone()],
