@@ -30,10 +30,10 @@ use crate::tenant::{Lifecycle, Registry, RegistrySettings};
 
 /// File descriptors kept free for the listener, client connections and the
 /// catalog, beyond those of open tenants.
-const RESERVED_FDS: u64 = 256;
+pub const RESERVED_FDS: u64 = 256;
 /// A SQLite connection in WAL mode holds up to three descriptors: the
 /// database, its `-wal` and its `-shm`.
-const FDS_PER_CONNECTION: u64 = 3;
+pub const FDS_PER_CONNECTION: u64 = 3;
 
 /// A server that is bound and ready to serve.
 pub struct Application {

@@ -418,8 +418,6 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
-        // A retired database refuses here rather than in the writer.
-        drop(self.pool()?);
         let (reply, answer) = tokio::sync::oneshot::channel();
         let write = Box::new(Write {
             f: Some(f),
@@ -855,6 +853,14 @@ mod tests {
         Arc::new(Database::open(&path, &settings, |_| Ok(())).unwrap().0)
     }
 
+    /// Rows of `t`, read from the file by a connection of its own.
+    fn rows_in_file(dir: &Path) -> i64 {
+        Connection::open(dir.join("t.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap()
+    }
+
     fn insert(tx: &Transaction, n: i64) -> Result<()> {
         tx.execute("INSERT INTO t (n) VALUES (?1)", [n])
             .map(|_| ())
@@ -866,21 +872,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let db = database(dir.path());
 
-        // The first write holds the writer until the others are queued.
-        let (started, running) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.write(move |tx| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    insert(tx, 0)
-                })
-                .await
-            }
-        });
-        running.await.unwrap();
+        let (first, release) = hold_writer(&db).await;
 
         // Six more, queued behind it: odd ones insert and then fail, one
         // breaks a constraint, the others succeed.
@@ -1027,31 +1019,18 @@ mod tests {
         behind.await.unwrap();
         db.write(|tx| insert(tx, 8)).await.unwrap();
         db.retire().await;
-        let conn = Connection::open(dir.path().join("t.db")).unwrap();
-        let stored: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(stored, 2, "the writes queued behind the panic and after it");
+        assert_eq!(
+            rows_in_file(dir.path()),
+            2,
+            "the writes queued behind the panic and after it"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retired_database_waits_for_queued_writes_then_refuses_more() {
         let dir = tempfile::TempDir::new().unwrap();
         let db = database(dir.path());
-        let (started, running) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.write(move |tx| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    insert(tx, 1)
-                })
-                .await
-            }
-        });
-        running.await.unwrap();
+        let (first, release) = hold_writer(&db).await;
         let mut second = Box::pin({
             let db = db.clone();
             async move { db.write(|tx| insert(tx, 2)).await }
@@ -1070,10 +1049,6 @@ mod tests {
         second.await.unwrap();
         retire.await;
         assert!(db.write(|tx| insert(tx, 3)).await.is_err(), "retired");
-        let conn = Connection::open(dir.path().join("t.db")).unwrap();
-        let count: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(count, 2);
+        assert_eq!(rows_in_file(dir.path()), 2);
     }
 }

@@ -13,6 +13,7 @@ use super::{BenchArgs, Failure, Mix, Op, Scenario, Spread};
 use crate::pb::item_service_client::ItemServiceClient;
 use crate::pb::tenant_service_client::TenantServiceClient;
 use crate::pb::{GetTenantRequest, ListTenantsRequest};
+use crate::server::{FDS_PER_CONNECTION, RESERVED_FDS};
 
 /// A ratio to the baseline that a scenario must reach.
 struct Goal {
@@ -316,14 +317,13 @@ pub async fn footprint(args: &BenchArgs) -> Result<bool, Failure> {
         .map_err(|e| format!("reading the open-file limit: {e}"))?
         .1;
     // The server refuses a cache that could need more descriptors than it
-    // may open: three per connection, one connection per tenant here, and
-    // 256 kept for everything else.
-    let fit = hard_limit.saturating_sub(256) / 3;
+    // may open; with one connection per tenant, as here:
+    let fit = hard_limit.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
     let wanted = args.tenants.unwrap_or(10_000) as u64;
     let top = wanted.min(fit / 1000 * 1000).max(1000);
     if top < wanted {
         println!(
-            "this machine's open-file limit is {hard_limit}: at 3 per tenant, {top} open tenants is the most it can measure, not {wanted}"
+            "this machine's open-file limit is {hard_limit}: at {FDS_PER_CONNECTION} per tenant, {top} open tenants is the most it can measure, not {wanted}"
         );
     }
     let mut server_args = vec![
