@@ -112,6 +112,34 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MAX_CONCURRENT_CALLS", default_value_t = 512)]
     pub max_concurrent_calls: usize,
 
+    /// How many of --max-concurrent-calls only the admin API may use, so
+    /// that an operator can always suspend a tenant or revoke a key however
+    /// many calls the tenants send.
+    #[arg(long, env = "TENANTRY_ADMIN_RESERVED_CALLS", default_value_t = 16)]
+    pub admin_reserved_calls: usize,
+
+    /// Most health watches (grpc.health.v1.Health/Watch, which stay open)
+    /// at once; more are refused with RESOURCE_EXHAUSTED. Health checks are
+    /// not bounded.
+    #[arg(long, env = "TENANTRY_MAX_HEALTH_WATCHES", default_value_t = 256)]
+    pub max_health_watches: usize,
+
+    /// Milliseconds a call's request may take to arrive whole (an upload:
+    /// the longest pause between its messages); a slower one is ended, and
+    /// its call slot freed.
+    #[arg(
+        long,
+        env = "TENANTRY_REQUEST_BODY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_body_timeout_ms: u64,
+
+    /// Milliseconds a streamed answer (SearchItems, ExportTenant,
+    /// MigrateTenants) waits for its client to read before it is ended; a
+    /// stream waiting for its reader holds no tenant, file or lock meanwhile.
+    #[arg(long, env = "TENANTRY_STREAM_STALL_MS", default_value_t = 30_000)]
+    pub stream_stall_ms: u64,
+
     /// Most calls in flight at once for one tenant; more are refused with
     /// RESOURCE_EXHAUSTED, so that a busy tenant cannot starve the others.
     #[arg(
@@ -134,6 +162,50 @@ pub struct Config {
     /// Seconds to wait for in-flight calls at shutdown before giving up on them.
     #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Most client connections open at once; one more is closed as soon as
+    /// it is accepted. 0 picks what the open-file limit leaves after the
+    /// tenants' databases and a reserve, at most 4096.
+    #[arg(long, env = "TENANTRY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Milliseconds a new connection has to send the HTTP/2 preface and its
+    /// first frame before it is closed.
+    #[arg(long, env = "TENANTRY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Seconds a connection may stay open with no call before the server
+    /// asks it to go away (GOAWAY) and closes it.
+    #[arg(long, env = "TENANTRY_CONNECTION_IDLE_SECS", default_value_t = 300)]
+    pub connection_idle_secs: u64,
+
+    /// Most calls (HTTP/2 streams) open at once on one connection, as the
+    /// server advertises it; a client cannot open more.
+    #[arg(
+        long,
+        env = "TENANTRY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds without a frame from a client before the server pings it; a
+    /// ping unanswered for --keepalive-timeout-secs closes the connection.
+    #[arg(long, env = "TENANTRY_KEEPALIVE_SECS", default_value_t = 60)]
+    pub keepalive_secs: u64,
+
+    /// Seconds a keep-alive ping may go unanswered.
+    #[arg(long, env = "TENANTRY_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub keepalive_timeout_secs: u64,
+
+    /// Largest block of request headers (metadata), in bytes.
+    #[arg(long, env = "TENANTRY_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+
+    /// Seconds between the summary lines that count refused calls and
+    /// connections (and failures beyond the per-second log budget) instead
+    /// of logging each one.
+    #[arg(long, env = "TENANTRY_LOG_SUMMARY_SECS", default_value_t = 10)]
+    pub log_summary_secs: u64,
 }
 
 fn admin_token_from_env() -> Option<Secret> {
@@ -175,9 +247,16 @@ impl Config {
     pub fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits {
             max_calls: self.max_concurrent_calls.max(1),
+            admin_reserved: self.admin_reserved_calls,
+            max_watches: self.max_health_watches,
             default_timeout: Duration::from_millis(self.call_timeout_ms),
             max_message_bytes: self.max_message_bytes,
+            body_timeout: Duration::from_millis(self.request_body_timeout_ms.max(1)),
         }
+    }
+
+    pub fn stream_stall(&self) -> Duration {
+        Duration::from_millis(self.stream_stall_ms.max(1))
     }
 
     pub fn access_flush(&self) -> Duration {
@@ -186,5 +265,23 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn log_summary(&self) -> Duration {
+        Duration::from_secs(self.log_summary_secs.max(1))
+    }
+
+    /// How connections are accepted and served; `max_connections` as
+    /// resolved against the open-file limit at start-up.
+    pub fn connections(&self, max_connections: usize) -> crate::connections::ConnectionSettings {
+        crate::connections::ConnectionSettings {
+            max_connections,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(self.connection_idle_secs),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
+            keepalive_interval: Duration::from_secs(self.keepalive_secs.max(1)),
+            keepalive_timeout: Duration::from_secs(self.keepalive_timeout_secs.max(1)),
+            max_header_list_bytes: self.max_header_bytes,
+        }
     }
 }

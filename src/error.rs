@@ -13,6 +13,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The `domain` of the `google.rpc.ErrorInfo` details tenantry sends.
+pub const ERROR_DOMAIN: &str = "tenantry.v1";
+/// The `reason` of an error whose operation goes on, its outcome unknown to
+/// the caller; `metadata.operation_id` names the operation.
+pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A request field (or metadata entry) is malformed. `field` is the name a
@@ -40,6 +46,14 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The caller stopped waiting (its deadline) while an operation it
+    /// started went on by itself: the caller cannot know how it ended, but
+    /// can look it up by the operation's id.
+    #[error("{message}")]
+    OutcomeUnknown {
+        operation: uuid::Uuid,
+        message: String,
+    },
     /// Stored data is damaged or missing: a tenant's file overwritten,
     /// truncated or removed. Only an operator can repair it.
     #[error("{0}")]
@@ -126,6 +140,15 @@ pub fn to_status(error: &Error) -> Status {
         Error::Unavailable(message) => Status::unavailable(message.clone()),
         Error::ResourceExhausted(message) => Status::resource_exhausted(message.clone()),
         Error::DeadlineExceeded(message) => Status::deadline_exceeded(message.clone()),
+        Error::OutcomeUnknown { operation, message } => Status::with_error_details(
+            Code::DeadlineExceeded,
+            message.clone(),
+            ErrorDetails::with_error_info(
+                OUTCOME_UNKNOWN,
+                ERROR_DOMAIN,
+                [("operation_id".to_owned(), operation.to_string())],
+            ),
+        ),
         Error::DataLoss(message) => {
             tracing::error!(message, "stored data is damaged");
             Status::data_loss(message.clone())

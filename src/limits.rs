@@ -1,23 +1,32 @@
 //! The tower layer that bounds every call before anything else looks at it:
-//! how many calls run at once, how long a call may take, and how large a
-//! message it may send.
+//! how many calls run at once, how long a call may take, how large a
+//! message it may send and how long it may take to send it.
 //!
 //! - **Load shedding.** At most `max_calls` calls are in flight; one more is
 //!   refused at once with UNAVAILABLE, which clients retry with backoff,
-//!   rather than queued where it would wait without bound. Health checks are
-//!   exempt, so that an overloaded server still answers its probes.
+//!   rather than queued where it would wait without bound. A call holds its
+//!   slot until its response is done, so a long stream counts for as long
+//!   as it lasts.
+//! - **A reserve for the admin.** `admin_reserved` of those slots are for
+//!   the admin API alone: however many calls the tenants send, an operator
+//!   can still suspend a tenant or revoke a key.
+//! - **Health.** Health checks are exempt, so that an overloaded server
+//!   still answers its probes; health watches, which stay open, have a bound
+//!   of their own (`max_watches`).
 //! - **Deadlines.** A call ends at the client's deadline (`grpc-timeout`) or
-//!   at the server's default timeout, whichever comes first, with
-//!   DEADLINE_EXCEEDED. The call's future is dropped then, so work it had not
-//!   started is never done; work already handed to a blocking thread checks
-//!   the deadline before it starts and before it commits ([`current`]).
+//!   at the server's default timeout, whichever comes first. The call's
+//!   [`Deadline`] decides what its caller hears: DEADLINE_EXCEEDED "nothing
+//!   was changed" if nothing was committed, the real outcome if a commit was
+//!   under way, and "outcome unknown" with an operation id if the call handed
+//!   its work to an operation that goes on by itself (see
+//!   [`crate::deadline`]). A call whose client goes away expires too.
 //! - **Message size.** A request message larger than `max_message_bytes` is
 //!   refused with RESOURCE_EXHAUSTED as soon as its length prefix arrives,
 //!   before its bytes are buffered.
-//!
-//! Streamed responses (ExportTenant, MigrateTenants) keep streaming after
-//! the call's handler has returned; their in-flight slot and deadline cover
-//! the handler only.
+//! - **Slow requests.** A unary call's request must arrive whole within
+//!   `body_timeout` of the call's start, and an upload's messages must keep
+//!   coming at least that often; otherwise the call ends, and its slot is
+//!   free again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,78 +36,108 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request, Response};
 use http_body::Frame;
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::connections::Held;
+use crate::deadline::{Deadline, Expiry};
 use crate::error::{Error, Result};
 
 /// Paths whose calls may run longer than the default timeout: uploads of
-/// whole tenant databases, and searches across every tenant. The client's
-/// own deadline still applies.
-const LONG_CALLS: [&str; 2] = [
+/// whole tenant databases, and streams that may legitimately run long
+/// (searches across every tenant, exports of large tenants, migrations of
+/// every tenant). The client's own deadline still applies; a stream whose
+/// client stops reading is ended after the stall timeout instead.
+const LONG_CALLS: [&str; 4] = [
     "/tenantry.v1.TenantService/ImportTenant",
     "/tenantry.v1.TenantService/SearchItems",
+    "/tenantry.v1.TenantService/ExportTenant",
+    "/tenantry.v1.TenantService/MigrateTenants",
 ];
-const HEALTH: &str = "/grpc.health.v1.Health/";
+/// The one client-streaming method: its messages must keep coming.
+const UPLOAD: &str = "/tenantry.v1.TenantService/ImportTenant";
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+const ADMIN_API: &str = "/tenantry.v1.TenantService/";
+
+/// How long a call whose deadline passed while its work was being
+/// committed waits for that commit's outcome.
+const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Most calls in flight at once.
     pub max_calls: usize,
+    /// How many of them only the admin API may use.
+    pub admin_reserved: usize,
+    /// Most health watches open at once.
+    pub max_watches: usize,
     /// A call's deadline when the client sets none, or a later one.
     pub default_timeout: Duration,
     /// Largest request message, in bytes.
     pub max_message_bytes: usize,
-}
-
-tokio::task_local! {
-    static DEADLINE: Instant;
-}
-
-/// The deadline of the call being served, if any: blocking work checks it
-/// before it starts, so that a call nobody waits for any more is not done.
-pub fn current() -> Option<Instant> {
-    DEADLINE.try_with(|deadline| *deadline).ok()
-}
-
-/// Runs `f` with `deadline` as the call's deadline: for work a call goes on
-/// with after its handler returned, such as the items of a stream.
-pub async fn within<F: Future>(deadline: Option<Instant>, f: F) -> F::Output {
-    match deadline {
-        Some(deadline) => DEADLINE.scope(deadline, f).await,
-        None => f.await,
-    }
-}
-
-/// Fails if `deadline` has passed.
-pub fn check(deadline: Option<Instant>) -> Result<()> {
-    match deadline {
-        Some(deadline) if Instant::now() >= deadline => Err(deadline_exceeded()),
-        _ => Ok(()),
-    }
-}
-
-fn deadline_exceeded() -> Error {
-    Error::DeadlineExceeded(
-        "the call's deadline passed before it was done; nothing was changed".into(),
-    )
+    /// How long a request may take to arrive (an upload: each message).
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct LimitsLayer {
     limits: Limits,
-    in_flight: Arc<Semaphore>,
+    /// Slots any call may take.
+    shared: Arc<Semaphore>,
+    /// Slots only admin calls may take, once the shared ones are gone.
+    reserved: Arc<Semaphore>,
+    watches: Arc<Semaphore>,
 }
 
 impl LimitsLayer {
     pub fn new(limits: Limits) -> Self {
+        let reserved = limits
+            .admin_reserved
+            .min(limits.max_calls.saturating_sub(1));
         LimitsLayer {
-            in_flight: Arc::new(Semaphore::new(limits.max_calls)),
+            shared: Arc::new(Semaphore::new(limits.max_calls.max(1) - reserved)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            watches: Arc::new(Semaphore::new(limits.max_watches)),
             limits,
         }
+    }
+
+    /// The slot a call to `path` holds until its response is done; `None`
+    /// for a health check, which needs none.
+    fn slot(&self, path: &str) -> Result<Option<OwnedSemaphorePermit>> {
+        if path == HEALTH_CHECK {
+            return Ok(None);
+        }
+        if path == HEALTH_WATCH {
+            return self
+                .watches
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| {
+                    Error::ResourceExhausted(format!(
+                        "the server already has {} health watches open, the most it keeps: \
+                     use Check, or watch from fewer clients",
+                        self.limits.max_watches
+                    ))
+                });
+        }
+        let shared = self.shared.clone().try_acquire_owned();
+        let slot = match shared {
+            Ok(permit) => Ok(permit),
+            Err(_) if path.starts_with(ADMIN_API) => self.reserved.clone().try_acquire_owned(),
+            Err(error) => Err(error),
+        };
+        slot.map(Some).map_err(|_| {
+            Error::Unavailable(format!(
+                "the server is at its limit of {} calls in flight: retry with backoff",
+                self.limits.max_calls
+            ))
+        })
     }
 }
 
@@ -143,30 +182,23 @@ where
         let refuse = |error: Error| -> Self::Future {
             Box::pin(std::future::ready(Ok(Status::from(error).into_http())))
         };
-        let permit = if path.starts_with(HEALTH) {
-            None
-        } else {
-            match self.layer.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    tracing::warn!(
-                        max_calls = limits.max_calls,
-                        method = path,
-                        "overloaded: refused a call"
-                    );
-                    return refuse(Error::Unavailable(format!(
-                        "the server is at its limit of {} calls in flight: retry with backoff",
-                        limits.max_calls
-                    )));
-                }
-            }
+        let slot = match self.layer.slot(path) {
+            Ok(slot) => slot,
+            Err(error) => return refuse(error),
         };
         let default = (!LONG_CALLS.contains(&path)).then_some(limits.default_timeout);
         let timeout = match client_timeout(request.headers()) {
             Ok(client) => [client, default].into_iter().flatten().min(),
             Err(error) => return refuse(error),
         };
+        let started = Instant::now();
+        let arrival = if path == UPLOAD {
+            Arrival::Steady(limits.body_timeout)
+        } else {
+            Arrival::Whole(started + limits.body_timeout)
+        };
         let max_message_bytes = limits.max_message_bytes;
+        let body_timeout = limits.body_timeout;
         let request = request.map(|body| {
             Body::new(LimitedBody {
                 inner: body,
@@ -174,21 +206,82 @@ where
                 prefix: [0; 5],
                 prefix_len: 0,
                 remaining: 0,
+                arrival,
+                timeout: body_timeout,
+                late: None,
             })
         });
+        let deadline = timeout.map(|timeout| Deadline::new(started + timeout));
         Box::pin(async move {
-            let _permit = permit;
-            let Some(timeout) = timeout else {
-                return inner.call(request).await.map(undecodable_is_invalid);
+            let mut guard = ExpireOnDrop(deadline.clone());
+            let response = match &deadline {
+                None => inner.call(request).await,
+                Some(deadline) => within(deadline, inner.call(request)).await,
             };
-            let deadline = Instant::now() + timeout;
-            match tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, inner.call(request)))
-                .await
-            {
-                Ok(response) => response.map(undecodable_is_invalid),
-                Err(_) => Ok(Status::from(deadline_exceeded()).into_http()),
-            }
+            // Answered: a stream goes on under the same deadline.
+            guard.0 = None;
+            response.map(|response| {
+                let response = undecodable_is_invalid(response);
+                match slot {
+                    Some(slot) => response.map(|body| {
+                        Body::new(Held {
+                            inner: body,
+                            _held: slot,
+                        })
+                    }),
+                    None => response,
+                }
+            })
         })
+    }
+}
+
+/// Runs a call under its deadline; when the deadline passes, answers as
+/// [`Deadline::expire`] says the call stands.
+async fn within<F, E>(deadline: &Arc<Deadline>, call: F) -> std::result::Result<Response<Body>, E>
+where
+    F: Future<Output = std::result::Result<Response<Body>, E>>,
+{
+    let call = crate::deadline::scope(Some(deadline.clone()), call);
+    tokio::pin!(call);
+    tokio::select! {
+        biased;
+        response = &mut call => return response,
+        () = tokio::time::sleep_until(deadline.at()) => {}
+    }
+    let error = match deadline.expire() {
+        Expiry::NothingDone => Error::DeadlineExceeded(
+            "the call's deadline passed before it was done; nothing was changed".into(),
+        ),
+        Expiry::Committing => match tokio::time::timeout(COMMIT_GRACE, &mut call).await {
+            Ok(response) => return response,
+            Err(_) => Error::DeadlineExceeded(
+                "the call's deadline passed while its change was being committed: it may have \
+                 been made; read it back before retrying"
+                    .into(),
+            ),
+        },
+        Expiry::Operation(operation) => Error::OutcomeUnknown {
+            operation,
+            message: format!(
+                "the call's deadline passed while operation {operation} was under way: it goes \
+                 on, and how it ends is unknown to this call; look it up with GetOperation or in \
+                 the audit trail, or retry the same call to hear its outcome"
+            ),
+        },
+    };
+    Ok(Status::from(error).into_http())
+}
+
+/// Expires a call's deadline if the call is dropped before it answered: its
+/// client went away, and work it had not committed must not be done.
+struct ExpireOnDrop(Option<Arc<Deadline>>);
+
+impl Drop for ExpireOnDrop {
+    fn drop(&mut self) {
+        if let Some(deadline) = &self.0 {
+            deadline.expire();
+        }
     }
 }
 
@@ -296,10 +389,20 @@ fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>> {
     Ok(Some(timeout))
 }
 
+/// How a request's body must arrive.
+#[derive(Clone, Copy)]
+enum Arrival {
+    /// Whole, by this instant.
+    Whole(Instant),
+    /// With no pause longer than this between frames (an upload).
+    Steady(Duration),
+}
+
 /// A request body that refuses a gRPC message longer than `limit` as soon as
 /// the message's 5-byte prefix (compression flag, big-endian length) has
-/// gone by. tonic's own limit answers OUT_OF_RANGE; gRPC says
-/// RESOURCE_EXHAUSTED, which this error becomes in tonic's decoder.
+/// gone by, and a body that does not arrive in time. tonic's own limit
+/// answers OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED, which this error
+/// becomes in tonic's decoder.
 struct LimitedBody {
     inner: Body,
     limit: usize,
@@ -307,6 +410,11 @@ struct LimitedBody {
     prefix_len: usize,
     /// Bytes of the current message still to come.
     remaining: usize,
+    arrival: Arrival,
+    /// The setting behind `arrival`, for the message that says so.
+    timeout: Duration,
+    /// The timer of the next frame, while one is awaited.
+    late: Option<Pin<Box<Sleep>>>,
 }
 
 impl LimitedBody {
@@ -347,7 +455,31 @@ impl http_body::Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let arrival = self.arrival;
+                let late = self.late.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(match arrival {
+                        Arrival::Whole(by) => by,
+                        Arrival::Steady(pause) => Instant::now() + pause,
+                    }))
+                });
+                ready!(late.as_mut().poll(cx));
+                let within = match arrival {
+                    Arrival::Whole(_) => "within",
+                    Arrival::Steady(_) => "with no pause longer than",
+                };
+                return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "the request did not arrive {within} the {} ms the server waits for one \
+                     (--request-body-timeout-ms): nothing was done",
+                    self.timeout.as_millis()
+                )))));
+            }
+        };
+        if matches!(self.arrival, Arrival::Steady(_)) {
+            self.late = None;
+        }
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -410,6 +542,9 @@ mod tests {
             prefix: [0; 5],
             prefix_len: 0,
             remaining: 0,
+            arrival: Arrival::Steady(Duration::from_secs(1)),
+            timeout: Duration::from_secs(1),
+            late: None,
         };
         // A 10-byte message: allowed, in pieces.
         body.scan(&[0, 0, 0]).unwrap();

@@ -210,24 +210,30 @@ fn known_methods() -> HashSet<String> {
     known
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped; the open
-/// tenants gauge is read at each scrape.
+/// A metrics request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on the acceptor's listener until the task is
+/// dropped; the open tenants gauge is read at each scrape. Connections are
+/// capped by the acceptor and must send their headers in time.
 pub async fn serve(
-    listener: TcpListener,
+    mut acceptor: crate::connections::Acceptor,
+    max_connections: usize,
     metrics: Arc<Metrics>,
     registry: crate::tenant::Registry,
 ) {
     use hyper::service::service_fn;
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accepting a metrics connection");
-                continue;
-            }
+        let (stream, peer) = acceptor.next().await;
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            acceptor.refused(peer);
+            continue;
         };
         let (metrics, registry) = (metrics.clone(), registry.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let (metrics, registry) = (metrics.clone(), registry.clone());
                 async move {
@@ -248,6 +254,8 @@ pub async fn serve(
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(io, service)
                 .await
             {

@@ -5,11 +5,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::service::Routes;
 
 use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
 use crate::api::items::ItemApi;
@@ -21,6 +20,7 @@ use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::error::{Context, Error, Result};
 use crate::limits::LimitsLayer;
+use crate::log_summary::Summaries;
 use crate::pb::{
     self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
 };
@@ -28,9 +28,17 @@ use crate::routing::AdmissionLayer;
 use crate::sqlite::{PoolSettings, run_blocking};
 use crate::tenant::{Lifecycle, Registry, RegistrySettings};
 
-/// File descriptors kept free for the listener, client connections and the
-/// catalog, beyond those of open tenants.
+/// File descriptors kept free for the listener, the catalog, searches,
+/// snapshots and metrics, beyond those of open tenants and of client
+/// connections.
 pub const RESERVED_FDS: u64 = 256;
+/// The most client connections chosen when `--max-connections` is 0.
+const AUTO_MAX_CONNECTIONS: u64 = 4096;
+/// Fewer connections than this left by the open-file limit is a
+/// configuration error.
+const MIN_CONNECTIONS: u64 = 16;
+/// Connections the metrics listener serves at once (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
 /// A SQLite connection in WAL mode holds up to three descriptors: the
 /// database, its `-wal` and its `-shm`.
 pub const FDS_PER_CONNECTION: u64 = 3;
@@ -38,6 +46,7 @@ pub const FDS_PER_CONNECTION: u64 = 3;
 /// A server that is bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    max_connections: usize,
     metrics_listener: Option<TcpListener>,
     config: Config,
     registry: Registry,
@@ -101,7 +110,7 @@ impl Application {
     /// Opens the data directory and the catalog, recovers from any crash,
     /// loads the admin token and binds the listen address.
     pub async fn build(config: Config) -> Result<Self> {
-        check_file_limit(&config)?;
+        let max_connections = check_file_limit(&config)?;
         if config.tenant_max_concurrent_calls > config.max_concurrent_calls {
             return Err(Error::FailedPrecondition(format!(
                 "--tenant-max-concurrent-calls {} is above --max-concurrent-calls {}: \
@@ -131,6 +140,7 @@ impl Application {
         let metrics_listener = crate::metrics::bind(config.metrics_listen).await?;
         Ok(Application {
             listener,
+            max_connections,
             metrics_listener,
             config,
             registry: data.registry,
@@ -165,6 +175,7 @@ impl Application {
     ) -> Result<()> {
         let Application {
             listener,
+            max_connections,
             metrics_listener,
             config,
             registry,
@@ -176,6 +187,7 @@ impl Application {
             max_import_bytes: config.max_import_bytes,
             search_parallelism: config.search_parallelism,
         };
+        let summaries = Arc::new(Summaries::default());
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -202,7 +214,6 @@ impl Application {
             .build_v1alpha()
             .context(|| "building reflection v1alpha".into())?;
 
-        let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; waiting for calls in flight");
@@ -217,16 +228,8 @@ impl Application {
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
-            let _ = drain_started.send(());
         };
-        let serve = Server::builder()
-            .layer(CallLogLayer::new(registry.metrics().clone()))
-            .layer(LimitsLayer::new(config.limits()))
-            .layer(AdmissionLayer::new(
-                auth,
-                config.tenant_max_concurrent_calls,
-            ))
-            .add_service(health_service)
+        let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
@@ -243,19 +246,40 @@ impl Application {
                 ))
                 .max_decoding_message_size(config.max_message_bytes),
             )
-            .serve_with_incoming_shutdown(accept(listener), signal);
+            .prepare();
+        let service = tower::ServiceBuilder::new()
+            .layer(CallLogLayer::new(registry.metrics().clone()))
+            .layer(LimitsLayer::new(config.limits()))
+            .layer(AdmissionLayer::new(
+                auth,
+                config.tenant_max_concurrent_calls,
+            ))
+            .service(routes);
 
         let flushing = tokio::spawn(flush_accesses(registry.clone(), config.access_flush()));
+        let summarizing = tokio::spawn(summaries.clone().run(config.log_summary()));
         let metrics = metrics_listener.map(|listener| {
             tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
             tokio::spawn(crate::metrics::serve(
-                listener,
+                crate::connections::Acceptor::new(
+                    listener,
+                    summaries.clone(),
+                    "refused metrics connection",
+                ),
+                METRICS_CONNECTIONS,
                 registry.metrics().clone(),
                 registry.clone(),
             ))
         });
-        let grace = config.shutdown_grace();
-        let served = run_with_grace(serve, drain_signal, grace).await;
+        crate::connections::serve(
+            listener,
+            service,
+            config.connections(max_connections),
+            summaries.clone(),
+            signal,
+            config.shutdown_grace(),
+        )
+        .await;
         flushing.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
@@ -265,7 +289,9 @@ impl Application {
         if let Err(error) = registry.flush_accesses().await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");
         }
-        served
+        summarizing.abort();
+        summaries.flush(config.log_summary());
+        Ok(())
     }
 }
 
@@ -287,60 +313,30 @@ async fn flush_accesses(registry: Registry, every: std::time::Duration) {
     }
 }
 
-/// The accepted connections, with Nagle's algorithm off: a response that
-/// spans several TCP segments must not wait for the client's delayed ACK
-/// (40 ms on Linux). `Server::tcp_nodelay` only covers listeners tonic binds
-/// itself, so it is set here, on every connection.
-fn accept(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
-
-/// Runs the server future; once draining has started, gives it `grace` to
-/// finish before giving up on the calls still in flight.
-async fn run_with_grace(
-    serve: impl Future<Output = std::result::Result<(), tonic::transport::Error>>,
-    drain_started: tokio::sync::oneshot::Receiver<()>,
-    grace: Duration,
-) -> Result<()> {
-    tokio::pin!(serve);
-    tokio::select! {
-        served = &mut serve => return served.context(|| "serving".into()),
-        _ = drain_started => {}
-    }
-    match tokio::time::timeout(grace, &mut serve).await {
-        Ok(served) => served.context(|| "serving".into()),
-        Err(_) => {
-            tracing::warn!(
-                ?grace,
-                "calls still in flight after the grace period: stopping anyway"
-            );
-            Ok(())
-        }
-    }
-}
-
 /// Raises the soft limit on open files to the hard limit, and refuses a
-/// configuration whose open tenants could not all get their descriptors.
-fn check_file_limit(config: &Config) -> Result<()> {
+/// configuration whose open tenants and client connections could not all
+/// get their descriptors. Returns the connection cap: `--max-connections`,
+/// or, if it is 0, what the limit leaves (at most 4,096).
+fn check_file_limit(config: &Config) -> Result<usize> {
     let limit =
         rlimit::increase_nofile_limit(u64::MAX).context(|| "raising the open-file limit".into())?;
-    let needed =
-        config.max_open_tenants * u64::from(config.tenant_connections) * FDS_PER_CONNECTION
-            + RESERVED_FDS;
-    if needed > limit {
+    let tenants =
+        config.max_open_tenants * u64::from(config.tenant_connections) * FDS_PER_CONNECTION;
+    let left = limit.saturating_sub(tenants + RESERVED_FDS);
+    let connections = match config.max_connections as u64 {
+        // Too few left over fails below, as an explicit cap would.
+        0 => left.clamp(MIN_CONNECTIONS, AUTO_MAX_CONNECTIONS),
+        n => n,
+    };
+    if connections > left {
         return Err(Error::FailedPrecondition(format!(
-            "--max-open-tenants {} with --tenant-connections {} needs up to {needed} open files, \
-             but this process may open only {limit}: lower them, or raise the hard limit (ulimit -Hn)",
+            "--max-open-tenants {} with --tenant-connections {} needs up to {tenants} open files, \
+             and {connections} client connections (--max-connections) and a reserve of \
+             {RESERVED_FDS} need more, but this process may open only {limit}: lower them, or \
+             raise the hard limit (ulimit -Hn)",
             config.max_open_tenants, config.tenant_connections
         )));
     }
-    tracing::debug!(limit, needed, "open-file limit");
-    Ok(())
+    tracing::debug!(limit, tenants, connections, "open-file limit");
+    Ok(connections as usize)
 }

@@ -20,8 +20,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use scheduled_thread_pool::ScheduledThreadPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::deadline::{self, Deadline};
 use crate::error::{Context, Error, Result};
-use crate::limits;
 
 /// How every connection of a database is opened and pooled.
 #[derive(Clone)]
@@ -372,9 +372,9 @@ impl Database {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.pool()?;
-        let deadline = limits::current();
+        let deadline = deadline::current();
         if inline && let Some(conn) = pool.try_get() {
-            let result = limits::check(deadline)
+            let result = deadline::check(deadline.as_deref())
                 .and_then(|()| check_in_place(&self.path, self.identity))
                 .and_then(|()| f(&conn));
             // As below: the connection and the pool handle go before the
@@ -386,7 +386,7 @@ impl Database {
         }
         let (path, identity) = (self.path.clone(), self.identity);
         run_blocking(move || {
-            let result = limits::check(deadline)
+            let result = deadline::check(deadline.as_deref())
                 .and_then(|()| check_in_place(&path, identity))
                 .and_then(|()| {
                     pool.get()
@@ -423,7 +423,7 @@ impl Database {
             f: Some(f),
             value: None,
             reply,
-            deadline: limits::current(),
+            deadline: deadline::current(),
             span: tracing::Span::current(),
             _turn: turn.permit,
         });
@@ -714,7 +714,7 @@ struct Write<T, F> {
     f: Option<F>,
     value: Option<T>,
     reply: tokio::sync::oneshot::Sender<Result<T>>,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Arc<Deadline>>,
     span: tracing::Span,
     _turn: OwnedSemaphorePermit,
 }
@@ -727,20 +727,23 @@ where
     fn run_alone(&mut self, conn: &mut Connection) -> Result<()> {
         let _in_call = self.span.enter();
         let f = self.f.take().expect("a write runs once");
-        self.value = Some(write_now(conn, self.deadline, f)?);
+        self.value = Some(write_now(conn, self.deadline.as_deref(), f)?);
         Ok(())
     }
 
     fn run_in(&mut self, tx: &Transaction) -> Ran {
         let _in_call = self.span.enter();
         let f = self.f.take().expect("a write runs once");
-        if let Err(error) = limits::check(self.deadline) {
+        let deadline = self.deadline.as_deref();
+        if let Err(error) = deadline::check(deadline) {
             return Ran::Undone(error);
         }
         if let Err(error) = savepoint(tx, "SAVEPOINT queued_write") {
             return Ran::Broken(error);
         }
-        let ran = f(tx).and_then(|value| limits::check(self.deadline).map(|()| value));
+        // Kept means committed with the batch (or failed with it): from
+        // here the caller hears how the commit ended, whatever the time.
+        let ran = f(tx).and_then(|value| deadline::commit(deadline).map(|()| value));
         match ran {
             Ok(value) => match savepoint(tx, "RELEASE queued_write") {
                 Ok(()) => {
@@ -779,18 +782,19 @@ fn savepoint(tx: &Transaction, sql: &str) -> Result<()> {
 
 /// Runs `f` in a write transaction, committed only if it succeeds and the
 /// call's deadline has not passed meanwhile: a client that has given up hears
-/// DEADLINE_EXCEEDED, and so must nothing be changed.
+/// DEADLINE_EXCEEDED, and so must nothing be changed. Once the commit is
+/// under way, the caller hears how it ended (see [`crate::deadline`]).
 fn write_now<T>(
     conn: &mut Connection,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<&Deadline>,
     f: impl FnOnce(&Transaction) -> Result<T>,
 ) -> Result<T> {
-    limits::check(deadline)?;
+    deadline::check(deadline)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context(|| "starting a write transaction".into())?;
     let value = f(&tx)?;
-    limits::check(deadline)?;
+    deadline::commit(deadline)?;
     tx.commit()
         .context(|| "committing a write transaction".into())?;
     Ok(value)

@@ -21,17 +21,16 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
-use tokio::time::Instant;
 use tonic::Status;
 
 use crate::api::audited::{clip, code_name};
 use crate::api::items::to_pb;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::catalog::{Catalog, TenantRecord, TenantState, store};
+use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result, to_status};
 use crate::ids::TenantId;
 use crate::items::{self, MAX_TITLE_CHARS};
-use crate::limits;
 use crate::pb;
 use crate::tenant::Registry;
 
@@ -212,7 +211,7 @@ pub fn search(
     registry: Registry,
     query: Query,
     parallelism: usize,
-    deadline: Option<Instant>,
+    deadline: Option<Arc<Deadline>>,
 ) -> SearchStream {
     let recorder = Recorder {
         catalog: registry.catalog().clone(),
@@ -224,12 +223,14 @@ pub fn search(
     let reads = targets(registry.catalog().clone(), &query)
         .map(move |target| {
             let (registry, query, trace) = (registry.clone(), query.clone(), trace.clone());
+            let deadline = deadline.clone();
             async move {
                 let target = target.map_err(Status::from)?;
                 let read = read_one(&registry, &query, &trace, target);
-                match deadline {
+                match &deadline {
                     Some(deadline) => {
-                        limits::within(Some(deadline), tokio::time::timeout_at(deadline, read))
+                        let at = deadline.at();
+                        deadline::scope(Some(deadline.clone()), tokio::time::timeout_at(at, read))
                             .await
                             .map_err(|_| deadline_passed())
                     }

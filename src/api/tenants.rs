@@ -567,7 +567,7 @@ impl TenantService for TenantApi {
             self.lifecycle.registry().clone(),
             query,
             self.settings.search_parallelism,
-            crate::limits::current(),
+            crate::deadline::current(),
         )))
     }
 }

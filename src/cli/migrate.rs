@@ -29,7 +29,7 @@ pub struct MigrateArgs {
     // Online, `--data-dir` and `--admin-token-file` only say where the
     // admin token is, as for the other commands.
     #[command(flatten, next_help_heading = "Settings of the data directory")]
-    config: Config,
+    config: Box<Config>,
 }
 
 impl MigrateArgs {
@@ -49,7 +49,7 @@ impl MigrateArgs {
 
 pub async fn migrate(args: MigrateArgs, deadline: Option<Duration>) -> Outcome {
     match args.offline {
-        true => offline(args.config, args.server.output).await,
+        true => offline(*args.config, args.server.output).await,
         false => online(&args.server, &args.config, deadline).await,
     }
 }

@@ -258,7 +258,7 @@ impl Registry {
     /// across tenants read this way, so that reading a thousand idle tenants
     /// does not push the busy ones out of the cache. The tenant may be
     /// suspended; the caller decides whether that matters. The call's
-    /// deadline ([`crate::limits::current`]) is checked before the file is
+    /// deadline ([`crate::deadline::current`]) is checked before the file is
     /// opened.
     pub async fn read_aside<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
     where
@@ -273,10 +273,10 @@ impl Registry {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
-        let deadline = crate::limits::current();
+        let deadline = crate::deadline::current();
         self.inner.aside_reads.fetch_add(1, Ordering::Relaxed);
         let result = run_blocking(move || {
-            crate::limits::check(deadline)?;
+            crate::deadline::check(deadline.as_deref())?;
             let opened = check_file(tenant, &path).and_then(|()| {
                 let mut conn = sqlite::open_connection(&path, &pool)?;
                 let migrated = prepare(&mut conn, tenant)?;

@@ -127,7 +127,27 @@ impl ServerProcess {
     /// Starts the binary with `env` added to its environment, and waits until
     /// it logs the address it listens on.
     pub fn start(dir: &TempDir, env: &[(&str, &str)]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_tenantry")), dir, env)
+    }
+
+    /// [`ServerProcess::start`], with the process allowed at most
+    /// `open_files` file descriptors (its hard limit).
+    pub fn start_with_file_limit(
+        dir: &TempDir,
+        open_files: u64,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit -Sn {open_files} && ulimit -Hn {open_files} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_tenantry"),
+        ]);
+        Self::launch(command, dir, env)
+    }
+
+    fn launch(mut command: Command, dir: &TempDir, env: &[(&str, &str)]) -> ServerProcess {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .env("TENANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -167,6 +187,25 @@ impl ServerProcess {
 
     pub async fn items(&self) -> ItemServiceClient<Channel> {
         ItemServiceClient::new(connect(&self.addr).await)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The CPU time the process has used so far (user and system).
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // Linux reports them in USER_HZ, 100 per second.
+        std::time::Duration::from_millis(ticks * 10)
     }
 
     /// Waits for the process to end on its own.
@@ -424,4 +463,77 @@ pub fn all_files_intact(data: &Path) {
             assert_eq!(integrity(&data.join(&file)), "ok", "{}", file.display());
         }
     }
+}
+
+/// A bare HTTP/2 connection, for calls no gRPC client would make: the
+/// handle that opens streams, and the connection, which the caller must
+/// keep polling (see [`drive`]).
+pub async fn raw_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2::client::handshake(tcp).await.unwrap()
+}
+
+/// Polls `connection` while `work` runs, and hands the connection back.
+pub async fn drive<T>(
+    connection: &mut h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        done = work => done,
+        ended = &mut *connection => panic!("the connection ended: {ended:?}"),
+    }
+}
+
+/// The headers of a gRPC call to `path`, with `metadata` added.
+pub fn grpc_headers(path: &str, metadata: &[(&str, &str)]) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://tenantry{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (key, value) in metadata {
+        request = request.header(*key, *value);
+    }
+    request.body(()).unwrap()
+}
+
+/// A gRPC message as framed on the wire: no compression, length, bytes.
+pub fn grpc_frame(message: &impl prost::Message) -> bytes::Bytes {
+    let body = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + body.len());
+    framed.push(0);
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed.into()
+}
+
+/// The `grpc-status` of a raw call's answer: in its headers (a refusal) or
+/// in its trailers.
+pub async fn grpc_status(response: http::Response<h2::RecvStream>) -> Code {
+    let parse = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from_i32)
+    };
+    if let Some(code) = parse(response.headers()) {
+        return code;
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .unwrap()
+        .expect("the call ends with trailers");
+    parse(&trailers).expect("the trailers hold a grpc-status")
 }

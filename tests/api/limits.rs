@@ -13,7 +13,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::{TestServer, TestTenant, all_titles, expect_code, new_item, spawn, spawn_with};
+use crate::common::{
+    TestServer, TestTenant, all_titles, as_admin, expect_code, grpc_headers, grpc_status, new_item,
+    raw_h2, spawn, spawn_with, suspend,
+};
 
 fn tenant_id(tenant: &TestTenant) -> TenantId {
     TenantId::parse("id", &tenant.id).unwrap()
@@ -133,6 +136,7 @@ async fn a_malformed_grpc_timeout_is_an_invalid_argument() {
 async fn past_the_global_limit_calls_are_shed_with_unavailable_and_health_still_answers() {
     let server = spawn_with(|config| {
         config.max_concurrent_calls = 2;
+        config.admin_reserved_calls = 0;
         config.tenant_max_concurrent_calls = 1;
     })
     .await;
@@ -219,4 +223,131 @@ async fn past_its_own_limit_a_tenant_is_refused_while_others_are_served() {
     let mut titles = all_titles(&server, &busy).await;
     titles.sort();
     assert_eq!(titles, ["first", "second"]);
+}
+
+/// Opens `count` CreateItem calls for `tenant` on one connection, each with
+/// its headers and no body; returns their answers as they come.
+async fn calls_without_bodies(
+    server: &TestServer,
+    tenant: &TestTenant,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Code>> {
+    let (mut calls, connection) = raw_h2(server.addr).await;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let headers = grpc_headers(
+            "/tenantry.v1.ItemService/CreateItem",
+            &[
+                ("authorization", &format!("Bearer {}", tenant.key)),
+                ("x-tenant-id", &tenant.id),
+            ],
+        );
+        calls = calls.ready().await.unwrap();
+        let (response, body) = calls.send_request(headers, false).unwrap();
+        answers.push(tokio::spawn(async move {
+            // The body is kept open, and never sent.
+            let _body = body;
+            grpc_status(response.await.unwrap()).await
+        }));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn calls_whose_bodies_never_come_neither_lock_out_the_admin_nor_last() {
+    let server = spawn_with(|config| {
+        config.max_concurrent_calls = 64;
+        config.tenant_max_concurrent_calls = 32;
+        config.request_body_timeout_ms = 3000;
+    })
+    .await;
+    let a = server.tenant("stuck-a").await;
+    let b = server.tenant("stuck-b").await;
+    let other = server.tenant("other").await;
+    let mut stuck = calls_without_bodies(&server, &a, 32).await;
+    stuck.extend(calls_without_bodies(&server, &b, 32).await);
+
+    // Every shared slot is taken (or refused): the admin still acts.
+    let mut admin = server.admin().await;
+    suspend(&server, &b.id).await;
+    let key = admin
+        .list_api_keys(as_admin(pb::ListApiKeysRequest {
+            tenant_id: a.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys
+        .remove(0);
+    admin
+        .revoke_api_key(as_admin(pb::RevokeApiKeyRequest { id: key.id }))
+        .await
+        .expect("the admin revokes a key while tenants hold every shared slot");
+    let holding = stuck.iter().filter(|call| !call.is_finished()).count();
+    assert!(
+        holding >= 48,
+        "only {holding} calls were still stuck meanwhile"
+    );
+
+    // The stuck calls end when their bodies are late; none wrote anything.
+    let mut codes = Vec::new();
+    for call in stuck {
+        codes.push(call.await.unwrap());
+    }
+    assert!(
+        codes.iter().all(|code| matches!(
+            code,
+            Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unavailable
+        )),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&Code::DeadlineExceeded), "{codes:?}");
+    // And the other tenants are served again.
+    server
+        .items()
+        .await
+        .create_item(other.call(new_item("served")))
+        .await
+        .expect("another tenant is served once the stuck calls are gone");
+    assert_eq!(all_titles(&server, &other).await, ["served"]);
+}
+
+#[tokio::test]
+async fn health_watches_have_a_bound_of_their_own_and_checks_none() {
+    let server = spawn_with(|config| config.max_health_watches = 3).await;
+    let channel = crate::common::connect(server.addr).await;
+    let mut health = HealthClient::new(channel);
+    let mut watching = Vec::new();
+    for _ in 0..3 {
+        let mut stream = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .expect("a watch within the bound")
+            .into_inner();
+        stream.message().await.unwrap().expect("the first status");
+        watching.push(stream);
+    }
+    let refused = health.watch(HealthCheckRequest::default()).await;
+    let status = expect_code(refused, Code::ResourceExhausted);
+    assert!(status.message().contains("3 health watches"), "{status:?}");
+    health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("checks are not bounded");
+    // A watch that ends makes room for another (once the server has seen
+    // it go).
+    drop(watching.pop());
+    let again = loop {
+        match health.watch(HealthCheckRequest::default()).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::task::yield_now().await;
+            }
+            other => break other,
+        }
+    };
+    again.expect("a watch in the room a finished one left");
 }

@@ -6,6 +6,7 @@ mod audit;
 mod backups;
 mod cli;
 mod common;
+mod connections;
 mod crash;
 mod discovery;
 mod faults;
