@@ -177,6 +177,8 @@ pub struct Database {
     writes: Arc<Semaphore>,
     /// Writes waiting for the writer; see [`Database::write_in`].
     queue: Arc<std::sync::Mutex<WriteQueue>>,
+    /// Set once [`Database::retire`] has closed it.
+    retired: tokio::sync::OnceCell<()>,
 }
 
 /// Most writes queued for one database at once; more wait for a turn.
@@ -261,6 +263,7 @@ impl Database {
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
             queue: Default::default(),
+            retired: tokio::sync::OnceCell::new(),
         };
         Ok((database, prepared))
     }
@@ -469,7 +472,14 @@ impl Database {
     /// and look the tenant up again), and closes every connection, which
     /// checkpoints the WAL. Afterwards nothing in this process has the file
     /// open through this handle, so it can be moved or replaced.
+    ///
+    /// Retiring twice, or from several places at once, is fine: every caller
+    /// returns once the database is closed.
     pub async fn retire(&self) {
+        self.retired.get_or_init(|| self.close()).await;
+    }
+
+    async fn close(&self) {
         // The semaphores are fair: this waits behind the calls already
         // queued, and every call queued after it is refused. Writes first:
         // the writer draining them takes no read turn.

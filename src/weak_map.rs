@@ -47,6 +47,17 @@ impl<K: Eq + Hash + Copy, V> WeakMap<K, V> {
         value
     }
 
+    /// The values somebody still holds.
+    pub fn values(&self) -> Vec<Arc<V>> {
+        self.map
+            .lock()
+            .expect("the weak map lock is never poisoned")
+            .values
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// Entries, dead ones included until the next sweep.
     pub fn len(&self) -> usize {
         self.map

@@ -508,6 +508,18 @@ fn erase_copies(data_dir: &DataDir, id: TenantId) -> Result<()> {
     }
 }
 
+/// Moves a tenant's file to the trash as one complete file: sealed first
+/// (its write-ahead log checkpointed into it, nothing left beside it), so
+/// that the copy in the trash holds every commit and is never written
+/// again. A file too damaged to seal moves as it is, with its companions.
+/// Nothing may have the file open. Blocking.
+fn to_trash(id: TenantId, file: &Path, trash: &Path) -> Result<()> {
+    if let Err(error) = snapshot::seal(file) {
+        tracing::warn!(tenant = %id, error = %crate::error::error_chain(&error), "moving a tenant file that could not be sealed to the trash as it is");
+    }
+    data_dir::move_database_files(file, trash)
+}
+
 /// The steps of a delete or purge after the tenant is marked `deleting` and
 /// nothing has its file open. Idempotent: recovery runs it again. Blocking.
 fn finish_delete(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Result<()> {
@@ -526,7 +538,7 @@ fn finish_delete(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Resul
                     .join(op.trash_file.as_deref().ok_or_else(|| {
                         Error::internal("deleting a tenant", "no trash file recorded")
                     })?);
-                data_dir::move_database_files(&file, &trash)?;
+                to_trash(id, &file, &trash)?;
             }
         }
     }
@@ -562,7 +574,7 @@ fn finish_restore(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Resu
     );
     if staged.exists() {
         if file.exists() {
-            data_dir::move_database_files(&file, &trash)?;
+            to_trash(id, &file, &trash)?;
         }
         fault::point("restore.after-trash");
         // A checked copy is sealed: it has no companions of its own.

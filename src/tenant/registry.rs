@@ -18,6 +18,12 @@
 //! backup, an eager migration); an operation that moves the file holds it
 //! exclusively ([`Registry::exclusive`]). A call that finds its tenant open
 //! never touches the gate, so the hot path costs one cache lookup.
+//!
+//! A database that leaves the cache, for any reason, is closed as soon as
+//! the calls running on it are done, not whenever the cache drops its copy;
+//! until then it is listed as closing, and an exclusive hold waits for it.
+//! So when an operation moves a tenant's file, no connection of this
+//! process has it open, and the file is whole, with nothing beside it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -55,7 +61,7 @@ pub struct Registry {
 
 struct Inner {
     open: Cache<TenantId, Arc<Database>>,
-    gates: Arc<Gates>,
+    slots: Arc<Slots>,
     catalog: Catalog,
     data_dir: DataDir,
     pool: PoolSettings,
@@ -77,19 +83,21 @@ const LOOKUPS: usize = 3;
 /// and nothing can open it or read its file. See [`Registry::exclusive`].
 pub struct Exclusive {
     _gate: OwnedRwLockWriteGuard<()>,
+    _slot: Arc<Slot>,
 }
 
 /// Shared hold on a tenant's file: it will not be moved or replaced while
 /// this lives. See [`Registry::shared`].
 pub struct Shared {
     _gate: OwnedRwLockReadGuard<()>,
+    _slot: Arc<Slot>,
 }
 
 impl Registry {
     pub fn new(catalog: Catalog, data_dir: DataDir, settings: RegistrySettings) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let gates = Arc::new(Gates::default());
-        let closing_gates = gates.clone();
+        let slots = Arc::new(Slots::default());
+        let closing_slots = slots.clone();
         let open = Cache::builder()
             .max_capacity(settings.max_open)
             .time_to_idle(settings.idle)
@@ -100,20 +108,19 @@ impl Registry {
                     if cause.was_evicted() {
                         metrics.registry_evictions.inc();
                     }
-                    // Closing the last connection checkpoints the file and
-                    // deletes its -wal and -shm: file system work, which
-                    // does not belong on the async thread running the cache's
-                    // housekeeping. The close holds the tenant's gate shared,
-                    // so that an operation moving the file waits for it. If
-                    // such an operation holds the gate already, the database
-                    // closes here and now, as it would have anyway. (A call
-                    // still holding the database closes it when it lets go.)
-                    let gate = gate(&closing_gates, *tenant).try_read_owned();
-                    if let (Ok(runtime), Ok(shared)) = (tokio::runtime::Handle::try_current(), gate)
-                    {
-                        runtime.spawn_blocking(move || {
-                            drop(database);
-                            drop(shared);
+                    // Whatever took it out of the cache (an eviction, an
+                    // invalidation, an operation), the database is closed
+                    // now, not when the cache lets go of its copy: once the
+                    // calls running on it are done, its connections close,
+                    // which checkpoints the file and removes its -wal and
+                    // -shm. Until then it is listed as closing, so that an
+                    // operation that moves the file waits for it.
+                    let slot = closing_slots.get_or_make(*tenant, Slot::default);
+                    slot.closing().push(database.clone());
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(async move {
+                            database.retire().await;
+                            slot.closing().retain(|d| !Arc::ptr_eq(d, &database));
                         });
                     }
                 }
@@ -122,7 +129,7 @@ impl Registry {
         Registry {
             inner: Arc::new(Inner {
                 open,
-                gates,
+                slots,
                 catalog,
                 data_dir,
                 pool: settings.pool,
@@ -352,24 +359,37 @@ impl Registry {
         self.inner.aside_reads.load(Ordering::Relaxed)
     }
 
+    fn slot(&self, tenant: TenantId) -> Arc<Slot> {
+        self.inner.slots.get_or_make(tenant, Slot::default)
+    }
+
     /// Holds a tenant's file in place (no move, no replace) until dropped.
     pub async fn shared(&self, tenant: TenantId) -> Shared {
+        let slot = self.slot(tenant);
         Shared {
-            _gate: gate(&self.inner.gates, tenant).read_owned().await,
+            _gate: slot.gate.clone().read_owned().await,
+            _slot: slot,
         }
     }
 
     /// Takes a tenant's file for an operation that moves or replaces it:
-    /// waits for opens and direct readers of the file to finish, closes the
-    /// tenant's database once the calls running on it are done, and keeps
-    /// it closed until the returned hold is dropped. Calls that arrive in the
-    /// meantime wait, then look the tenant up in the catalog again.
+    /// waits for opens and direct readers of the file to finish, closes
+    /// every database of the tenant once the calls running on it are done
+    /// (the open one, and any an eviction left closing), and keeps it closed
+    /// until the returned hold is dropped. Calls that arrive in the meantime
+    /// wait, then look the tenant up in the catalog again. Once this
+    /// returns, nothing in this process has the tenant's file open.
     pub async fn exclusive(&self, tenant: TenantId) -> Exclusive {
-        let gate = gate(&self.inner.gates, tenant).write_owned().await;
+        let slot = self.slot(tenant);
+        let gate = slot.gate.clone().write_owned().await;
         if let Some(database) = self.inner.open.remove(&tenant).await {
             database.retire().await;
         }
-        Exclusive { _gate: gate }
+        slot.closed().await;
+        Exclusive {
+            _gate: gate,
+            _slot: slot,
+        }
     }
 
     /// A call's result, with a storage failure of the tenant's file turned
@@ -432,7 +452,8 @@ impl Registry {
         fault
     }
 
-    /// Closes a tenant's database if it is open (calls running on it finish).
+    /// Closes a tenant's database if it is open, once the calls running on
+    /// it are done; calls after this open the file afresh.
     pub async fn evict(&self, tenant: TenantId) {
         self.inner.open.invalidate(&tenant).await;
     }
@@ -467,6 +488,9 @@ impl Registry {
         }
         self.inner.open.invalidate_all();
         self.inner.open.run_pending_tasks().await;
+        for slot in self.inner.slots.values() {
+            slot.closed().await;
+        }
     }
 }
 
@@ -535,9 +559,29 @@ fn busy(tenant: TenantId) -> Error {
     ))
 }
 
-/// The per-tenant gates, made on demand and forgotten once nobody holds them.
-type Gates = WeakMap<TenantId, RwLock<()>>;
-
-fn gate(gates: &Gates, tenant: TenantId) -> Arc<RwLock<()>> {
-    gates.get_or_make(tenant, || RwLock::new(()))
+/// What the registry keeps of a tenant while anything uses it: its gate,
+/// and its databases that left the cache but are still closing. Made on
+/// demand and forgotten once nobody holds it.
+#[derive(Default)]
+struct Slot {
+    gate: Arc<RwLock<()>>,
+    closing: std::sync::Mutex<Vec<Arc<Database>>>,
 }
+
+impl Slot {
+    fn closing(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Database>>> {
+        self.closing
+            .lock()
+            .expect("the closing list is never poisoned")
+    }
+
+    /// Waits until every database of the tenant that was closing is closed.
+    async fn closed(&self) {
+        let closing: Vec<Arc<Database>> = self.closing().clone();
+        for database in closing {
+            database.retire().await;
+        }
+    }
+}
+
+type Slots = WeakMap<TenantId, Slot>;

@@ -9,8 +9,8 @@ use tenantry::pb::{
 use tonic::Code;
 
 use crate::common::{
-    TestServer, all_titles, as_admin, expect_code, files_under, integrity, new_item, spawn,
-    titles_in_file,
+    TestServer, TestTenant, all_titles, as_admin, expect_code, files_under, integrity, new_item,
+    spawn, suspend, titles_in_file,
 };
 
 fn set_state(id: &str, state: TenantState) -> UpdateTenantRequest {
@@ -587,4 +587,100 @@ async fn a_clone_starts_with_a_copy_of_its_source_and_then_lives_apart() {
         .filter(|f| f.extension().is_some_and(|e| e == "db"))
         .count();
     assert_eq!(databases, 2);
+}
+
+/// Every descriptor of this process open on a file under `dir`.
+fn descriptors_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
+/// Writes, a suspend and a resume, more writes: the tenant's file has been
+/// opened twice, and closed once by the suspend.
+async fn written_across_a_suspend(server: &TestServer, name: &str) -> TestTenant {
+    let tenant = server.tenant(name).await;
+    create_items(server, &tenant, &["before000", "before001", "before002"]).await;
+    suspend(server, &tenant.id).await;
+    server
+        .admin()
+        .await
+        .update_tenant(as_admin(set_state(&tenant.id, pb::TenantState::Active)))
+        .await
+        .unwrap();
+    create_items(server, &tenant, &["after000", "after001"]).await;
+    tenant
+}
+
+#[tokio::test]
+async fn after_a_suspend_and_resume_the_trash_copy_is_one_complete_file_nobody_holds() {
+    let server = spawn().await;
+    let deleted = written_across_a_suspend(&server, "deleted").await;
+    let restored = written_across_a_suspend(&server, "restored").await;
+    let mut admin = server.admin().await;
+    let backup = admin
+        .backup_tenant(as_admin(pb::BackupTenantRequest {
+            id: restored.id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    create_items(&server, &restored, &["late000"]).await;
+
+    admin
+        .delete_tenant(as_admin(pb::DeleteTenantRequest {
+            id: deleted.id.clone(),
+            purge: false,
+        }))
+        .await
+        .unwrap();
+    admin
+        .restore_tenant(as_admin(pb::RestoreTenantRequest {
+            id: restored.id.clone(),
+            source: Some(pb::restore_tenant_request::Source::BackupPath(backup.path)),
+        }))
+        .await
+        .unwrap();
+
+    let trash = server.data_dir().join("trash");
+    let files = files_under(&trash);
+    assert_eq!(
+        files.len(),
+        2,
+        "one file per tenant, nothing beside: {files:?}"
+    );
+    let of = |tenant: &TestTenant| {
+        let name = files
+            .iter()
+            .find(|f| f.to_string_lossy().starts_with(&tenant.id))
+            .unwrap();
+        assert!(name.to_string_lossy().ends_with(".db"), "{name:?}");
+        titles_in_file(&trash.join(name))
+    };
+    assert_eq!(
+        of(&deleted),
+        [
+            "after000",
+            "after001",
+            "before000",
+            "before001",
+            "before002"
+        ]
+    );
+    assert_eq!(
+        of(&restored),
+        [
+            "after000",
+            "after001",
+            "before000",
+            "before001",
+            "before002",
+            "late000"
+        ]
+    );
+    assert_eq!(descriptors_under(&trash), Vec::<std::path::PathBuf>::new());
 }
