@@ -99,9 +99,10 @@ async fn populate(data: &OpenData, auth: &Authenticator) -> (TenantId, Secret, V
     let lifecycle = Lifecycle::new(data.registry.clone(), auth.clone());
     let name = TenantName::parse("name", "hot-path").expect("a valid name");
     let tenant = lifecycle
-        .create_tenant(name, "Hot path".into(), None)
+        .create_tenant(name, "Hot path".into(), None, None)
         .await
         .expect("creating a tenant")
+        .1
         .id;
     let key = NewApiKey::generate();
     let record = ApiKeyRecord {

@@ -61,6 +61,7 @@ async fn create_tenant(
                 ..Default::default()
             }),
             source_tenant_id: source.into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()

@@ -341,6 +341,7 @@ async fn main() {
             source: Some(pb::restore_tenant_request::Source::BackupPath(
                 backup.path.clone(),
             )),
+            request_id: String::new(),
         }))
         .await
         .unwrap();

@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Span;
 
-use crate::api::audited::code_name;
+use crate::error::code_name;
 use crate::metrics::Metrics;
 
 /// Records the verified caller of the current call in its span.

@@ -15,6 +15,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The `domain` of the `google.rpc.ErrorInfo` details tenantry sends.
 pub const ERROR_DOMAIN: &str = "tenantry.v1";
+/// The metadata naming the operation an answer comes from.
+pub const OPERATION_METADATA: &str = "tenantry-operation-id";
 /// The `reason` of an error whose operation goes on, its outcome unknown to
 /// the caller; `metadata.operation_id` names the operation.
 pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
@@ -67,6 +69,15 @@ pub enum Error {
     /// hands each of them the same `Arc`).
     #[error("{0}")]
     Shared(Arc<Error>),
+    /// How a lifecycle operation ended, once it had started: its answer
+    /// names the operation (`tenantry-operation-id`), so that the call is
+    /// not recorded twice in the audit trail and the client can look it up.
+    #[error("{error}")]
+    Operation { id: uuid::Uuid, error: Arc<Error> },
+    /// The outcome of an operation as its record keeps it, for a retry
+    /// answered with it.
+    #[error("{message}")]
+    Recorded { code: Code, message: String },
     /// A failure of the server or of its storage, with what was being done.
     /// The client learns only that something went wrong inside.
     #[error("{context}: {source}")]
@@ -158,6 +169,15 @@ pub fn to_status(error: &Error) -> Status {
             Status::internal(message.clone())
         }
         Error::Shared(inner) => to_status(inner),
+        Error::Operation { id, error } => {
+            let mut status = to_status(error);
+            status.metadata_mut().insert(
+                OPERATION_METADATA,
+                id.to_string().parse().expect("a UUID is a metadata value"),
+            );
+            status
+        }
+        Error::Recorded { code, message } => Status::new(*code, message.clone()),
         Error::Internal { .. } => {
             tracing::error!(error = %error_chain(error), "internal error");
             Status::internal("internal error; the server log has the details")
@@ -169,7 +189,7 @@ impl Error {
     /// The SQLite result code behind this error, if it came from SQLite.
     pub fn sqlite_code(&self) -> Option<rusqlite::ffi::Error> {
         match self {
-            Error::Shared(inner) => inner.sqlite_code(),
+            Error::Shared(inner) | Error::Operation { error: inner, .. } => inner.sqlite_code(),
             Error::Internal { source, .. } => {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
                 while let Some(error) = cause {
@@ -197,4 +217,27 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC specification.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }

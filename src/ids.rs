@@ -60,6 +60,20 @@ impl fmt::Debug for TenantId {
     }
 }
 
+/// As its canonical text, and parsed as strictly when read back.
+impl serde::Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        TenantId::parse("tenant_id", &text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A tenant's unique slug: `^[a-z][a-z0-9-]{1,62}$`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantName(String);

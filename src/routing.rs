@@ -22,10 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::api::audited::{clip, code_name};
+use crate::api::audited::clip;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::TenantState;
+use crate::error::code_name;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::weak_map::WeakMap;

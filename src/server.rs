@@ -189,6 +189,7 @@ impl Application {
         };
         let summaries = Arc::new(Summaries::default());
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
+        let operations = lifecycle.operations().clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<ItemServiceServer<AuditedItemApi>>()
@@ -284,6 +285,8 @@ impl Application {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        // Operations whose callers are gone still run: let them end.
+        operations.drain(config.shutdown_grace()).await;
         registry.close_all().await;
         tracing::info!("every tenant database is closed");
         if let Err(error) = registry.flush_accesses().await {

@@ -14,12 +14,13 @@
 //!
 //! A failure to record is logged and does not change the call's answer.
 
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::items::ItemApi;
 use crate::api::tenants::TenantApi;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::catalog::Catalog;
+use crate::error::{OPERATION_METADATA, code_name};
 use crate::pb::{self, item_service_server::ItemService, tenant_service_server::TenantService};
 use crate::routing::{Acting, verified_tenant};
 
@@ -40,25 +41,73 @@ impl AuditedTenantApi {
         AuditedTenantApi { inner, catalog }
     }
 
-    /// Records a call that did not record itself: a read (`changes` false),
-    /// or any call that failed.
-    async fn record<T>(
+    /// Runs an admin call and records it when it ends, unless it recorded
+    /// itself: a change that succeeded, or an operation (which records how
+    /// it ended). `changes` says whether the call changes anything. A call
+    /// that never ends (its deadline passed, its client went away) is
+    /// recorded as such when it is dropped.
+    async fn audited<T>(
         &self,
         action: &'static str,
         target: String,
         changes: bool,
-        result: &Result<Response<T>, Status>,
-    ) {
-        if changes && result.is_ok() {
-            return;
-        }
-        let call = AdminCall {
-            action: action.into(),
-            target,
-            outcome: outcome_of(result),
-            detail: String::new(),
+        call: impl Future<Output = Answer<T>>,
+    ) -> Answer<T> {
+        let mut pending = Pending {
+            catalog: self.catalog.clone(),
+            call: Some(AdminCall {
+                action: action.into(),
+                target,
+                outcome: String::new(),
+                detail: String::new(),
+            }),
+            deadline: crate::deadline::current(),
         };
-        record_admin_call(&self.catalog, call).await;
+        let result = call.await;
+        let recorded = match &result {
+            Ok(_) => changes,
+            Err(status) => status.metadata().contains_key(OPERATION_METADATA),
+        };
+        let call = pending.call.take().expect("taken once");
+        if !recorded {
+            let call = AdminCall {
+                outcome: outcome_of(&result),
+                ..call
+            };
+            // Written whatever the call's deadline: it records what happened.
+            crate::deadline::scope(None, record_admin_call(&self.catalog, call)).await;
+        }
+        result
+    }
+}
+
+/// An admin call under way, recorded if it is dropped before it ends.
+struct Pending {
+    catalog: Catalog,
+    call: Option<AdminCall>,
+    deadline: Option<std::sync::Arc<crate::deadline::Deadline>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        use crate::deadline::Expiry;
+        let outcome = match self.deadline.as_ref().map(|d| (d.expire(), d.at())) {
+            // An operation it started records how it ends.
+            Some((Expiry::Operation(_), _)) => return,
+            Some((_, at)) if tokio::time::Instant::now() >= at => "DEADLINE_EXCEEDED",
+            _ => "CANCELLED",
+        };
+        let call = AdminCall {
+            outcome: outcome.into(),
+            ..call
+        };
+        let catalog = self.catalog.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { record_admin_call(&catalog, call).await });
+        }
     }
 }
 
@@ -77,29 +126,6 @@ pub fn clip(text: &str) -> String {
     clipped.escape_debug().to_string()
 }
 
-/// The canonical name of a gRPC status code, as in the gRPC specification.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 type Answer<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -107,26 +133,32 @@ impl TenantService for AuditedTenantApi {
     async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Answer<pb::Tenant> {
         let name = request.get_ref().tenant.as_ref().map(|t| clip(&t.name));
         let target = format!("tenants (name {})", name.unwrap_or_default());
-        let result = self.inner.create_tenant(request).await;
-        self.record("CreateTenant", target, true, &result).await;
-        result
+        self.audited(
+            "CreateTenant",
+            target,
+            true,
+            self.inner.create_tenant(request),
+        )
+        .await
     }
 
     async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Answer<pb::Tenant> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.get_tenant(request).await;
-        self.record("GetTenant", target, false, &result).await;
-        result
+        self.audited("GetTenant", target, false, self.inner.get_tenant(request))
+            .await
     }
 
     async fn list_tenants(
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Answer<pb::ListTenantsResponse> {
-        let result = self.inner.list_tenants(request).await;
-        self.record("ListTenants", "tenants".into(), false, &result)
-            .await;
-        result
+        self.audited(
+            "ListTenants",
+            "tenants".into(),
+            false,
+            self.inner.list_tenants(request),
+        )
+        .await
     }
 
     async fn create_api_key(
@@ -134,24 +166,36 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Answer<pb::ApiKey> {
         let target = format!("{}/keys", tenant_target(&request.get_ref().tenant_id));
-        let result = self.inner.create_api_key(request).await;
-        self.record("CreateApiKey", target, true, &result).await;
-        result
+        self.audited(
+            "CreateApiKey",
+            target,
+            true,
+            self.inner.create_api_key(request),
+        )
+        .await
     }
 
     async fn update_tenant(&self, request: Request<pb::UpdateTenantRequest>) -> Answer<pb::Tenant> {
         let id = request.get_ref().tenant.as_ref().map(|t| t.id.as_str());
         let target = tenant_target(id.unwrap_or_default());
-        let result = self.inner.update_tenant(request).await;
-        self.record("UpdateTenant", target, true, &result).await;
-        result
+        self.audited(
+            "UpdateTenant",
+            target,
+            true,
+            self.inner.update_tenant(request),
+        )
+        .await
     }
 
     async fn delete_tenant(&self, request: Request<pb::DeleteTenantRequest>) -> Answer<()> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.delete_tenant(request).await;
-        self.record("DeleteTenant", target, true, &result).await;
-        result
+        self.audited(
+            "DeleteTenant",
+            target,
+            true,
+            self.inner.delete_tenant(request),
+        )
+        .await
     }
 
     async fn list_api_keys(
@@ -159,9 +203,13 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::ListApiKeysRequest>,
     ) -> Answer<pb::ListApiKeysResponse> {
         let target = format!("{}/keys", tenant_target(&request.get_ref().tenant_id));
-        let result = self.inner.list_api_keys(request).await;
-        self.record("ListApiKeys", target, false, &result).await;
-        result
+        self.audited(
+            "ListApiKeys",
+            target,
+            false,
+            self.inner.list_api_keys(request),
+        )
+        .await
     }
 
     async fn revoke_api_key(
@@ -169,9 +217,13 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Answer<pb::ApiKey> {
         let target = format!("keys/{}", clip(&request.get_ref().id));
-        let result = self.inner.revoke_api_key(request).await;
-        self.record("RevokeApiKey", target, true, &result).await;
-        result
+        self.audited(
+            "RevokeApiKey",
+            target,
+            true,
+            self.inner.revoke_api_key(request),
+        )
+        .await
     }
 
     type MigrateTenantsStream = <TenantApi as TenantService>::MigrateTenantsStream;
@@ -180,17 +232,24 @@ impl TenantService for AuditedTenantApi {
         &self,
         request: Request<pb::MigrateTenantsRequest>,
     ) -> Answer<Self::MigrateTenantsStream> {
-        let result = self.inner.migrate_tenants(request).await;
-        self.record("MigrateTenants", "tenants".into(), true, &result)
-            .await;
-        result
+        self.audited(
+            "MigrateTenants",
+            "tenants".into(),
+            true,
+            self.inner.migrate_tenants(request),
+        )
+        .await
     }
 
     async fn backup_tenant(&self, request: Request<pb::BackupTenantRequest>) -> Answer<pb::Backup> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.backup_tenant(request).await;
-        self.record("BackupTenant", target, true, &result).await;
-        result
+        self.audited(
+            "BackupTenant",
+            target,
+            true,
+            self.inner.backup_tenant(request),
+        )
+        .await
     }
 
     type ExportTenantStream = <TenantApi as TenantService>::ExportTenantStream;
@@ -200,9 +259,13 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::ExportTenantRequest>,
     ) -> Answer<Self::ExportTenantStream> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.export_tenant(request).await;
-        self.record("ExportTenant", target, true, &result).await;
-        result
+        self.audited(
+            "ExportTenant",
+            target,
+            true,
+            self.inner.export_tenant(request),
+        )
+        .await
     }
 
     async fn restore_tenant(
@@ -210,9 +273,13 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::RestoreTenantRequest>,
     ) -> Answer<pb::RestoreTenantResponse> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.restore_tenant(request).await;
-        self.record("RestoreTenant", target, true, &result).await;
-        result
+        self.audited(
+            "RestoreTenant",
+            target,
+            true,
+            self.inner.restore_tenant(request),
+        )
+        .await
     }
 
     async fn import_tenant(
@@ -221,10 +288,13 @@ impl TenantService for AuditedTenantApi {
     ) -> Answer<pb::RestoreTenantResponse> {
         // The tenant is named inside the upload; a failed import is recorded
         // against the tenants as a whole.
-        let result = self.inner.import_tenant(request).await;
-        self.record("ImportTenant", "tenants".into(), true, &result)
-            .await;
-        result
+        self.audited(
+            "ImportTenant",
+            "tenants".into(),
+            true,
+            self.inner.import_tenant(request),
+        )
+        .await
     }
 
     async fn list_audit_events(
@@ -237,9 +307,13 @@ impl TenantService for AuditedTenantApi {
         } else {
             tenant_target(tenant)
         };
-        let result = self.inner.list_audit_events(request).await;
-        self.record("ListAuditEvents", target, false, &result).await;
-        result
+        self.audited(
+            "ListAuditEvents",
+            target,
+            false,
+            self.inner.list_audit_events(request),
+        )
+        .await
     }
 
     async fn get_tenant_usage(
@@ -247,9 +321,27 @@ impl TenantService for AuditedTenantApi {
         request: Request<pb::GetTenantUsageRequest>,
     ) -> Answer<pb::TenantUsage> {
         let target = tenant_target(&request.get_ref().id);
-        let result = self.inner.get_tenant_usage(request).await;
-        self.record("GetTenantUsage", target, false, &result).await;
-        result
+        self.audited(
+            "GetTenantUsage",
+            target,
+            false,
+            self.inner.get_tenant_usage(request),
+        )
+        .await
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Answer<pb::Operation> {
+        let target = format!("operations/{}", clip(&request.get_ref().id));
+        self.audited(
+            "GetOperation",
+            target,
+            false,
+            self.inner.get_operation(request),
+        )
+        .await
     }
 
     type SearchItemsStream = <TenantApi as TenantService>::SearchItemsStream;
@@ -262,10 +354,14 @@ impl TenantService for AuditedTenantApi {
     ) -> Answer<Self::SearchItemsStream> {
         let result = self.inner.search_items(request).await;
         // The stream is not `Sync`: only its status is kept across the await.
-        let refused = result.as_ref().err().cloned().map(Err::<Response<()>, _>);
-        if let Some(refused) = refused {
-            self.record("SearchItems", "tenants".into(), true, &refused)
-                .await;
+        if let Some(status) = result.as_ref().err().cloned() {
+            let call = AdminCall {
+                action: "SearchItems".into(),
+                target: "tenants".into(),
+                outcome: code_name(status.code()).into(),
+                detail: String::new(),
+            };
+            record_admin_call(&self.catalog, call).await;
         }
         result
     }

@@ -23,11 +23,12 @@ use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use tonic::Status;
 
-use crate::api::audited::{clip, code_name};
+use crate::api::audited::clip;
 use crate::api::items::to_pb;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::catalog::{Catalog, TenantRecord, TenantState, store};
 use crate::deadline::{self, Deadline};
+use crate::error::code_name;
 use crate::error::{Error, Result, to_status};
 use crate::ids::TenantId;
 use crate::items::{self, MAX_TITLE_CHARS};

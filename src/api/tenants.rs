@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::search;
 use crate::audit;
@@ -13,14 +13,15 @@ use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
 use crate::clock::{now_micros, to_timestamp};
 use crate::data_dir::DataDir;
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, OPERATION_METADATA, Result, code_name};
 use crate::ids::{TenantId, TenantName, parse_canonical_uuid};
 use crate::pagination::{self, Cursor};
 use crate::pb::{self, tenant_service_server::TenantService};
 use crate::sqlite::run_blocking;
 use crate::tenant::Registry;
-use crate::tenant::lifecycle::{Lifecycle, Restored, Snapshot, TenantChanges};
+use crate::tenant::lifecycle::{Lifecycle, Snapshot, TenantChanges};
 use crate::tenant::migrate::MigrationReport;
+use crate::tenant::operations::Restored;
 use crate::tenant::usage::Usage;
 
 const MAX_DISPLAY_NAME_CHARS: usize = 200;
@@ -103,21 +104,23 @@ impl TenantService for TenantApi {
         let pb::CreateTenantRequest {
             tenant,
             source_tenant_id,
+            request_id,
         } = request.into_inner();
         let tenant = tenant.ok_or_else(|| Error::invalid("tenant", "is required"))?;
         let source = request_source(&source_tenant_id)?;
+        let request_id = parse_request_id(&request_id)?;
         let name = TenantName::parse("tenant.name", &tenant.name)?;
         check_label(
             "tenant.display_name",
             &tenant.display_name,
             MAX_DISPLAY_NAME_CHARS,
         )?;
-        let created = self
+        let (operation, created) = self
             .lifecycle
-            .create_tenant(name, tenant.display_name, source)
+            .create_tenant(name, tenant.display_name, source, request_id)
             .await?;
-        tracing::info!(tenant = %created.id, name = created.name, source = ?source, "created tenant");
-        Ok(Response::new(to_pb(&created)))
+        tracing::info!(tenant = %created.id, name = created.name, source = ?source, %operation, "created tenant");
+        Ok(of_operation(operation, to_pb(&created)))
     }
 
     async fn get_tenant(
@@ -253,9 +256,13 @@ impl TenantService for TenantApi {
     ) -> Result<Response<()>, Status> {
         let query = request.into_inner();
         let id = TenantId::parse("id", &query.id)?;
-        self.lifecycle.delete_tenant(id, query.purge).await?;
-        tracing::info!(tenant = %id, purge = query.purge, "deleted tenant");
-        Ok(Response::new(()))
+        let request_id = parse_request_id(&query.request_id)?;
+        let operation = self
+            .lifecycle
+            .delete_tenant(id, query.purge, request_id)
+            .await?;
+        tracing::info!(tenant = %id, purge = query.purge, %operation, "deleted tenant");
+        Ok(of_operation(operation, ()))
     }
 
     async fn list_api_keys(
@@ -441,20 +448,25 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::RestoreTenantResponse>, Status> {
         let query = request.into_inner();
         let id = TenantId::parse("id", &query.id)?;
+        let request_id = parse_request_id(&query.request_id)?;
         let Some(pb::restore_tenant_request::Source::BackupPath(backup_path)) = query.source else {
             return Err(Error::invalid("source", "is required: set backup_path").into());
         };
         let data_dir = self.lifecycle.registry().data_dir().clone();
-        let staged = run_blocking(move || {
+        let (staged, source) = run_blocking(move || {
             let source = resolve_backup_path(&data_dir, &backup_path)?;
             let staged = data_dir.staging_file("restore");
             std::fs::copy(&source, &staged).context(|| format!("copying {}", source.display()))?;
-            Ok(staged)
+            Ok((staged, source))
         })
         .await?;
-        let restored = self.lifecycle.restore(id, staged, "RestoreTenant").await?;
-        tracing::info!(tenant = %id, sha256 = restored.sha256, "restored tenant");
-        Ok(Response::new(restored_to_pb(&restored)))
+        let request = source.display().to_string();
+        let (operation, restored) = self
+            .lifecycle
+            .restore(id, staged, "RestoreTenant", request, request_id)
+            .await?;
+        tracing::info!(tenant = %id, sha256 = restored.sha256, %operation, "restored tenant");
+        Ok(of_operation(operation, restored_to_pb(&restored)))
     }
 
     async fn import_tenant(
@@ -465,16 +477,19 @@ impl TenantService for TenantApi {
         let data_dir = self.lifecycle.registry().data_dir().clone();
         let staged = data_dir.staging_file("import");
         let received = receive_upload(&mut upload, &staged, self.settings.max_import_bytes).await;
-        let (id, _) = match received {
+        let (id, sha256, request_id) = match received {
             Ok(received) => received,
             Err(error) => {
                 tokio::fs::remove_file(&staged).await.ok();
                 return Err(error.into());
             }
         };
-        let restored = self.lifecycle.restore(id, staged, "ImportTenant").await?;
-        tracing::info!(tenant = %id, sha256 = restored.sha256, "imported tenant");
-        Ok(Response::new(restored_to_pb(&restored)))
+        let (operation, restored) = self
+            .lifecycle
+            .restore(id, staged, "ImportTenant", sha256, request_id)
+            .await?;
+        tracing::info!(tenant = %id, sha256 = restored.sha256, %operation, "imported tenant");
+        Ok(of_operation(operation, restored_to_pb(&restored)))
     }
 
     async fn list_audit_events(
@@ -554,6 +569,15 @@ impl TenantService for TenantApi {
             .ok_or_else(|| tenant_not_found(id))?;
         let usage = self.lifecycle.registry().usage(&record).await?;
         Ok(Response::new(usage_to_pb(&usage)))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let id = parse_canonical_uuid("id", &request.get_ref().id)?;
+        let record = self.lifecycle.operations().get(&self.catalog, id).await?;
+        Ok(Response::new(operation_to_pb(&record)))
     }
 
     type SearchItemsStream = search::SearchStream;
@@ -699,7 +723,11 @@ fn report_to_pb(report: MigrationReport) -> pb::MigrateTenantsResponse {
         Ok(()) => (true, String::new(), String::new()),
         Err(error) => {
             let status = Status::from(error);
-            (false, code_name(status.code()), status.message().to_owned())
+            (
+                false,
+                code_name(status.code()).to_owned(),
+                status.message().to_owned(),
+            )
         }
     };
     pb::MigrateTenantsResponse {
@@ -710,18 +738,6 @@ fn report_to_pb(report: MigrationReport) -> pb::MigrateTenantsResponse {
         error_code,
         error_message,
     }
-}
-
-/// A status code as gRPC names it: `FAILED_PRECONDITION`.
-fn code_name(code: Code) -> String {
-    let mut name = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 fn backup_to_pb(snapshot: &Snapshot, path: String) -> pb::Backup {
@@ -738,11 +754,49 @@ fn backup_to_pb(snapshot: &Snapshot, path: String) -> pb::Backup {
 fn restored_to_pb(restored: &Restored) -> pb::RestoreTenantResponse {
     pb::RestoreTenantResponse {
         tenant_id: restored.tenant_id.to_string(),
-        from_version: restored.migrated.from,
-        to_version: restored.migrated.to,
+        from_version: restored.from_version,
+        to_version: restored.to_version,
         size_bytes: restored.size_bytes,
         sha256: restored.sha256.clone(),
     }
+}
+
+fn operation_to_pb(op: &crate::catalog::OperationRecord) -> pb::Operation {
+    let state = match op.outcome.as_deref() {
+        None => pb::OperationState::Running,
+        Some("OK") => pb::OperationState::Succeeded,
+        Some(_) => pb::OperationState::Failed,
+    };
+    pb::Operation {
+        id: op.id.to_string(),
+        tenant_id: op.tenant_id.to_string(),
+        action: op.action.clone(),
+        state: state.into(),
+        outcome: op.outcome.clone().unwrap_or_default(),
+        error_message: op.message.clone(),
+        start_time: Some(to_timestamp(op.start_time)),
+        end_time: op.end_time.map(to_timestamp),
+        request_id: op.request_id.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+/// The answer of a call that ran operation `id`, naming it in the
+/// `tenantry-operation-id` metadata.
+fn of_operation<T>(id: uuid::Uuid, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    response.metadata_mut().insert(
+        OPERATION_METADATA,
+        id.to_string().parse().expect("a UUID is a metadata value"),
+    );
+    response
+}
+
+/// A client's optional `request_id` (AIP-155): empty, or a canonical UUID.
+fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_canonical_uuid("request_id", text).map(Some)
 }
 
 /// Sends `header`, then the file's bytes in chunks.
@@ -788,12 +842,13 @@ async fn stream_file(
 }
 
 /// Writes an ImportTenant upload to `staged`, checking its size and, when
-/// given, its SHA-256. Returns the tenant it is for and the digest.
+/// given, its SHA-256. Returns the tenant it is for, the digest and the
+/// client's request id.
 async fn receive_upload(
     upload: &mut Streaming<pb::ImportTenantRequest>,
     staged: &Path,
     max_bytes: u64,
-) -> Result<(TenantId, String)> {
+) -> Result<(TenantId, String, Option<uuid::Uuid>)> {
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
     let first = upload
@@ -804,6 +859,7 @@ async fn receive_upload(
         })?
         .ok_or_else(|| Error::invalid("id", "is required in the first message"))?;
     let id = TenantId::parse("id", &first.id)?;
+    let request_id = parse_request_id(&first.request_id)?;
     let expected = first.sha256.to_ascii_lowercase();
     if !expected.is_empty()
         && (expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -849,7 +905,7 @@ async fn receive_upload(
             ),
         ));
     }
-    Ok((id, digest))
+    Ok((id, digest, request_id))
 }
 
 /// The file a RestoreTenant `backup_path` names, which must lie inside the

@@ -85,4 +85,52 @@ pub const CATALOG: &[Migration] = &[
         ALTER TABLE admin_audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';
     ",
     },
+    Migration {
+        description: "lifecycle operations with their outcomes",
+        sql: "
+        -- Every lifecycle operation on a tenant's files (create, delete,
+        -- purge, restore): recorded once it holds the tenant, run to its end
+        -- by itself, and kept with its outcome, so that a caller that
+        -- stopped waiting can look it up, and a retry can be answered with
+        -- it. At most one runs per tenant; start-up finishes (or, for a
+        -- creation, rolls back) those a crash interrupted.
+        CREATE TABLE operations (
+            id           TEXT PRIMARY KEY,
+            tenant_id    TEXT NOT NULL,
+            kind         TEXT NOT NULL CHECK (kind IN ('create', 'delete', 'purge', 'restore')),
+            -- the call that started it: CreateTenant, DeleteTenant, ...
+            action       TEXT NOT NULL,
+            -- what tells a retry of the same call from another call
+            request      TEXT NOT NULL DEFAULT '',
+            -- the client's request id (AIP-155), if it gave one
+            request_id   TEXT,
+            -- restore: the checked snapshot waiting in staging/ (a file name)
+            staging_file TEXT,
+            -- where the tenant's current file goes (a file name in trash/)
+            trash_file   TEXT,
+            state        TEXT NOT NULL CHECK (state IN ('running', 'done')),
+            -- once done: OK, or the name of the status code it failed with
+            outcome      TEXT,
+            message      TEXT NOT NULL DEFAULT '',
+            -- once done with OK: what the call answers, as JSON
+            result       TEXT NOT NULL DEFAULT '',
+            start_time   INTEGER NOT NULL,
+            end_time     INTEGER
+        ) STRICT;
+        CREATE UNIQUE INDEX operations_running ON operations (tenant_id) WHERE state = 'running';
+        CREATE UNIQUE INDEX operations_request ON operations (request_id) WHERE request_id IS NOT NULL;
+        -- Operations a crash interrupted before this version: finished at
+        -- start-up like any other.
+        INSERT INTO operations (id, tenant_id, kind, action, staging_file, trash_file, state, start_time)
+            SELECT lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+                         || substr(hex(randomblob(2)), 2) || '-a'
+                         || substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6))),
+                   tenant_id, kind,
+                   CASE kind WHEN 'delete' THEN 'DeleteTenant' WHEN 'purge' THEN 'PurgeTenant'
+                             ELSE 'RestoreTenant' END,
+                   staging_file, trash_file, 'running', start_time
+            FROM tenant_operations;
+        DROP TABLE tenant_operations;
+    ",
+    },
 ];

@@ -6,6 +6,7 @@
 //! served. The SQL lives in [`store`], as functions over a connection.
 
 mod migrations;
+pub mod operations;
 pub mod store;
 
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use crate::error::{Context, Error, Result};
 use crate::schema;
 use crate::sqlite::{Database, PoolSettings};
 
-pub use store::{ApiKeyRecord, KeyGrant, Operation, OperationKind, TenantRecord, TenantState};
+pub use operations::{OperationKind, OperationRecord};
+pub use store::{ApiKeyRecord, KeyGrant, TenantRecord, TenantState};
 
 /// A cheap, clone-able handle on the catalog database.
 #[derive(Clone)]

@@ -80,6 +80,7 @@ pub async fn restore(args: RestoreArgs, deadline: Option<Duration>) -> Outcome {
             source: Some(pb::restore_tenant_request::Source::BackupPath(
                 args.backup_path,
             )),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -160,7 +161,7 @@ pub async fn import(args: ImportArgs, deadline: Option<Duration>) -> Outcome {
     let first = pb::ImportTenantRequest {
         id: args.tenant_id,
         sha256,
-        chunk: Vec::new(),
+        ..Default::default()
     };
     let path = args.file.clone();
     let sending = tokio::spawn(send_file(file, path, first, size, requests));

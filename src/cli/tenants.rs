@@ -107,6 +107,7 @@ pub async fn tenants(args: TenantsArgs, deadline: Option<Duration>) -> Outcome {
                     ..Default::default()
                 }),
                 source_tenant_id: copy_of.unwrap_or_default(),
+                ..Default::default()
             };
             let tenant = admin.create_tenant(request).await?.into_inner();
             print_one(format, &tenant)
@@ -133,6 +134,7 @@ pub async fn tenants(args: TenantsArgs, deadline: Option<Duration>) -> Outcome {
                 .delete_tenant(pb::DeleteTenantRequest {
                     id: id.clone(),
                     purge,
+                    ..Default::default()
                 })
                 .await?;
             print_one(format, &Deleted { id, purge })

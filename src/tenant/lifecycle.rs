@@ -2,17 +2,23 @@
 //! and restore, and the start-up recovery that finishes whatever a crash
 //! interrupted.
 //!
-//! Every operation that changes files is a small state machine recorded in
-//! the catalog before its first step: a `provisioning` tenant row for a
-//! creation, a `tenant_operations` row for a delete, purge or restore. Each
-//! step is idempotent, and [`recover`] runs the remaining steps at start-up,
-//! so a crash at any point leaves the tenant either as it was or as asked,
-//! never half done. Crash points ([`crate::fault`]) sit between the steps.
+//! Creating, deleting, purging and restoring are operations
+//! ([`crate::tenant::operations`]): each is recorded in the catalog once it
+//! holds the tenant, runs to its end on a task of its own, and records its
+//! end in the transaction of its last change. Each step is idempotent, and
+//! [`recover`] runs the remaining steps at start-up, so a crash at any point
+//! leaves the tenant either as it was or as asked, never half done; a step
+//! that fails (a disk error) is tried again until it succeeds. Crash points
+//! ([`crate::fault`]) sit between the steps.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::auth::Authenticator;
-use crate::catalog::store::{self, AdminEvent, Operation, OperationKind};
+use crate::catalog::operations::{OperationKind, OperationRecord};
+use crate::catalog::store::{self, AdminEvent};
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState};
 use crate::clock::{Micros, now_micros};
 use crate::data_dir::{self, DataDir};
@@ -20,10 +26,11 @@ use crate::error::{Context, Error, Result};
 use crate::fault;
 use crate::ids::{TenantId, TenantName};
 use crate::metrics::KindLabels;
-use crate::schema::{self, Migrated};
+use crate::schema;
 use crate::sqlite::{Database, run_blocking};
 use crate::tenant::Registry;
 use crate::tenant::migrations::{self, TENANT};
+use crate::tenant::operations::{self, Call, Done, Operations, Outcome, Restored};
 use crate::tenant::snapshot::{self, FileSummary};
 
 /// Runs lifecycle operations. A cheap, clone-able handle.
@@ -31,6 +38,7 @@ use crate::tenant::snapshot::{self, FileSummary};
 pub struct Lifecycle {
     registry: Registry,
     auth: Authenticator,
+    operations: Operations,
 }
 
 /// Changes asked of a tenant by UpdateTenant; `None` leaves a field alone.
@@ -46,14 +54,6 @@ pub struct Snapshot {
     pub path: PathBuf,
     pub summary: FileSummary,
     pub time: Micros,
-}
-
-/// What a restore did.
-pub struct Restored {
-    pub tenant_id: TenantId,
-    pub migrated: Migrated,
-    pub size_bytes: u64,
-    pub sha256: String,
 }
 
 fn not_found(id: TenantId) -> Error {
@@ -90,11 +90,19 @@ fn file_name(path: &Path) -> String {
 
 impl Lifecycle {
     pub fn new(registry: Registry, auth: Authenticator) -> Self {
-        Lifecycle { registry, auth }
+        Lifecycle {
+            registry,
+            auth,
+            operations: Operations::default(),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn operations(&self) -> &Operations {
+        &self.operations
     }
 
     fn catalog(&self) -> &Catalog {
@@ -105,19 +113,21 @@ impl Lifecycle {
         self.registry.data_dir()
     }
 
-    /// Creates a tenant: a `provisioning` catalog row, then its database file
-    /// (empty at the current schema, or a consistent copy of `source`), then
-    /// the row turns `active`. A failure or a crash in between never leaves
-    /// an active tenant without its file; start-up rolls back what a crash
-    /// left `provisioning`.
+    /// Creates a tenant, as an operation: a `provisioning` catalog row,
+    /// then its database file (empty at the current schema, or a
+    /// consistent copy of `source`), then the row turns `active`. A failure
+    /// or a crash in between never leaves an active tenant without its file:
+    /// the operation rolls back what it made, and so does start-up after a
+    /// crash. Returns the operation's id and the tenant.
     pub async fn create_tenant(
         &self,
         name: TenantName,
         display_name: String,
         source: Option<TenantId>,
-    ) -> Result<TenantRecord> {
+        request_id: Option<uuid::Uuid>,
+    ) -> Result<(uuid::Uuid, TenantRecord)> {
         let now = now_micros();
-        let mut tenant = TenantRecord {
+        let tenant = TenantRecord {
             id: TenantId::new_random(),
             name: name.as_str().to_owned(),
             display_name,
@@ -127,37 +137,84 @@ impl Lifecycle {
             update_time: now,
             last_access_time: None,
         };
-        let row = tenant.clone();
-        self.catalog()
-            .write(move |tx| {
-                if let Some(source) = source {
-                    visible_tenant(tx, source).map_err(|_| {
-                        Error::NotFound(format!("source tenant {source} does not exist"))
-                    })?;
-                }
-                store::insert_tenant(tx, &row)
-            })
-            .await?;
+        let call = Call {
+            subject: format!("names/{}", name.as_str()),
+            kind: OperationKind::Create,
+            action: "CreateTenant",
+            request: format!(
+                "{} {} {}",
+                name.as_str(),
+                source.map(|s| s.to_string()).unwrap_or_default(),
+                tenant.display_name
+            ),
+            request_id,
+        };
+        let started = match self.operations.existing(self.catalog(), &call).await? {
+            Some(started) => started,
+            None => {
+                let row = tenant.clone();
+                let tenant_id = tenant.id;
+                let lifecycle = self.clone();
+                self.operations
+                    .start(
+                        self.catalog(),
+                        call.clone(),
+                        |id| record(id, tenant_id, &call, now),
+                        (),
+                        move |tx| {
+                            if let Some(source) = source {
+                                visible_tenant(tx, source).map_err(|_| {
+                                    Error::NotFound(format!(
+                                        "source tenant {source} does not exist"
+                                    ))
+                                })?;
+                            }
+                            store::insert_tenant(tx, &row)
+                        },
+                        move |op| async move { lifecycle.make_tenant(op, tenant, source).await },
+                    )
+                    .await?
+            }
+        };
+        match started.outcome().await? {
+            (id, Done::Created(tenant)) => Ok((id, tenant)),
+            (id, other) => Err(unexpected(id, &other)),
+        }
+    }
 
+    /// The steps of a creation once it is recorded: the file, then the
+    /// tenant active; on failure, the file and the row are removed again.
+    async fn make_tenant(
+        &self,
+        op: OperationRecord,
+        mut tenant: TenantRecord,
+        source: Option<TenantId>,
+    ) -> Outcome {
         let made = match source {
             None => self.create_empty_file(tenant.id).await,
             Some(source) => self.copy_file(source, tenant.id).await,
         };
         if let Err(error) = made {
-            self.roll_back_creation(tenant.id).await;
+            let error = Arc::new(error);
+            let (catalog, data_dir) = (self.catalog().clone(), self.data_dir().clone());
+            let failed = error.clone();
+            persist("rolling back a tenant creation", move || {
+                roll_back_creation(&catalog, &data_dir, &op, Err(&failed))
+            })
+            .await;
             return Err(error);
         }
-        fault::point("create.after-file");
-
+        fault::reached("create.after-file").await;
         tenant.state = TenantState::Active;
         tenant.schema_version = migrations::latest();
         let row = tenant.clone();
         let target = match source {
-            None => format!("tenants/{}", row.id),
-            Some(source) => format!("tenants/{} (copy of tenants/{source})", row.id),
+            None => String::new(),
+            Some(source) => format!("a copy of tenants/{source}"),
         };
-        self.catalog()
-            .write(move |tx| {
+        let catalog = self.catalog().clone();
+        persist("recording a tenant creation", move || {
+            catalog.write_now(|tx| {
                 store::set_tenant_state(
                     tx,
                     row.id,
@@ -165,10 +222,11 @@ impl Lifecycle {
                     row.schema_version,
                     row.update_time,
                 )?;
-                audit(tx, "CreateTenant", &target, "OK")
+                operations::finish(tx, &op, &Ok(String::new()), &target)
             })
-            .await?;
-        Ok(tenant)
+        })
+        .await;
+        Ok(Done::Created(tenant))
     }
 
     async fn create_empty_file(&self, tenant: TenantId) -> Result<()> {
@@ -206,19 +264,6 @@ impl Lifecycle {
             copied
         })
         .await
-    }
-
-    async fn roll_back_creation(&self, tenant: TenantId) {
-        let path = self.data_dir().tenant_file(tenant);
-        let removed = run_blocking(move || data_dir::remove_database_files(&path)).await;
-        let forgotten = self
-            .catalog()
-            .write(move |tx| store::delete_tenant_row(tx, tenant))
-            .await;
-        if let Err(error) = removed.and(forgotten) {
-            // Start-up recovery finishes the job: the row is still `provisioning`.
-            tracing::error!(%tenant, error = %crate::error::error_chain(&error), "could not roll back a failed tenant creation");
-        }
     }
 
     /// Changes a tenant's display name and state. Every cached credential
@@ -286,56 +331,71 @@ impl Lifecycle {
         Ok(key)
     }
 
-    /// Deletes a tenant: its keys stop working at once, calls running on it
-    /// finish, then its file moves to the trash (or, with `purge`, it and
-    /// every copy tenantry keeps are removed). A tenant already deleted
-    /// without `purge` can still be purged.
-    pub async fn delete_tenant(&self, id: TenantId, purge: bool) -> Result<()> {
-        let time = now_micros();
-        let op = Operation {
-            tenant_id: id,
+    /// Deletes a tenant, as an operation: its keys stop working at once,
+    /// calls running on it finish, then its file moves to the trash (or,
+    /// with `purge`, it and every copy tenantry keeps are removed). A tenant
+    /// already deleted without `purge` can still be purged. Returns the
+    /// operation's id.
+    pub async fn delete_tenant(
+        &self,
+        id: TenantId,
+        purge: bool,
+        request_id: Option<uuid::Uuid>,
+    ) -> Result<uuid::Uuid> {
+        let call = Call {
+            subject: format!("tenants/{id}"),
             kind: if purge {
                 OperationKind::Purge
             } else {
                 OperationKind::Delete
             },
-            staging_file: None,
-            trash_file: (!purge).then(|| file_name(&self.data_dir().trash_file(id, time))),
-            start_time: time,
+            action: if purge { "PurgeTenant" } else { "DeleteTenant" },
+            request: String::new(),
+            request_id,
         };
-        let started = op.clone();
-        let erase_only = self
-            .catalog()
-            .write(move |tx| {
-                let tenant = store::get_tenant(tx, id)?;
-                match tenant.map(|t| t.state) {
-                    Some(state) if state.is_visible() => {}
-                    // Erasing what a soft delete kept: no tenant state changes.
-                    Some(TenantState::Deleted) if purge => return Ok(true),
-                    _ => return Err(not_found(id)),
-                }
-                store::insert_operation(tx, &started)?;
-                // Its keys now answer NOT_FOUND: a key's grant carries its
-                // tenant's state.
-                store::set_tenant_state_only(tx, id, TenantState::Deleting, time)?;
-                Ok(false)
-            })
-            .await?;
-        if erase_only {
-            let data_dir = self.data_dir().clone();
-            run_blocking(move || erase_copies(&data_dir, id)).await?;
-            self.catalog()
-                .write(move |tx| audit(tx, "PurgeTenant", &format!("tenants/{id}"), "OK"))
-                .await?;
-            return Ok(());
-        }
-        self.auth.invalidate();
-        fault::point("delete.after-mark");
-
-        let _held = self.registry.exclusive(id).await;
-        let data_dir = self.data_dir().clone();
-        let catalog = self.catalog().clone();
-        run_blocking(move || finish_delete(&catalog, &data_dir, &op)).await
+        let started = match self.operations.existing(self.catalog(), &call).await? {
+            Some(started) => started,
+            None => {
+                deletable(self.catalog(), id, purge).await?;
+                let held = self.registry.exclusive(id).await;
+                let time = now_micros();
+                let trash = (!purge).then(|| file_name(&self.data_dir().trash_file(id, time)));
+                let lifecycle = self.clone();
+                self.operations
+                    .start(
+                        self.catalog(),
+                        call.clone(),
+                        |op| OperationRecord {
+                            trash_file: trash,
+                            ..record(op, id, &call, time)
+                        },
+                        held,
+                        move |tx| {
+                            // Its keys now answer NOT_FOUND: a key's grant
+                            // carries its tenant's state.
+                            if visible_tenant(tx, id).is_ok() {
+                                store::set_tenant_state_only(tx, id, TenantState::Deleting, time)
+                            } else {
+                                // Erasing what a soft delete kept.
+                                deleted_already(tx, id, purge)
+                            }
+                        },
+                        move |op| async move {
+                            lifecycle.auth.invalidate();
+                            fault::reached("delete.after-mark").await;
+                            let (catalog, data_dir) =
+                                (lifecycle.catalog().clone(), lifecycle.data_dir().clone());
+                            persist("deleting a tenant", move || {
+                                finish_delete(&catalog, &data_dir, &op, "")
+                            })
+                            .await;
+                            Ok(Done::Deleted)
+                        },
+                    )
+                    .await?
+            }
+        };
+        started.outcome().await.map(|(id, _)| id)
     }
 
     /// Takes a consistent snapshot of a live tenant into
@@ -398,46 +458,68 @@ impl Lifecycle {
     }
 
     /// Replaces a tenant's data with `staged`, a private copy of a snapshot
-    /// in the staging folder (this takes it over: it is moved or removed).
-    /// The copy is checked and upgraded first; nothing of the tenant changes
-    /// unless it passes. Then, with the tenant's file held exclusively, the
-    /// current file moves to the trash and the copy takes its place: calls
-    /// arriving meanwhile wait, and then see the restored data.
-    pub async fn restore(&self, id: TenantId, staged: PathBuf, action: &str) -> Result<Restored> {
-        let result = self.restore_staged(id, &staged, action).await;
-        if result.is_ok() {
-            let kind = if action == "ImportTenant" {
-                "import"
-            } else {
-                "restore"
-            };
-            self.registry
-                .metrics()
-                .restores
-                .get_or_create(&KindLabels { kind })
-                .inc();
+    /// in the staging folder (this takes it over: it is moved or removed),
+    /// as an operation. The copy is checked and upgraded first; nothing of
+    /// the tenant changes unless it passes. Then, with the tenant's file
+    /// held exclusively, the current file moves to the trash and the copy
+    /// takes its place: calls arriving meanwhile wait, and then see the
+    /// restored data. `request` tells a retry of this call from another
+    /// (the backup it names, the digest of an upload).
+    pub async fn restore(
+        &self,
+        id: TenantId,
+        staged: PathBuf,
+        action: &'static str,
+        request: String,
+        request_id: Option<uuid::Uuid>,
+    ) -> Result<(uuid::Uuid, Restored)> {
+        let call = Call {
+            subject: format!("tenants/{id}"),
+            kind: OperationKind::Restore,
+            action,
+            request,
+            request_id,
+        };
+        let started = match self.operations.existing(self.catalog(), &call).await {
+            Ok(Some(started)) => Ok(started),
+            Ok(None) => self.start_restore(id, &staged, call).await,
+            Err(error) => Err(error),
+        };
+        let started = match started {
+            Ok(started) => started,
+            Err(error) => {
+                // Not recorded: the copy is still ours.
+                let staged = staged.clone();
+                run_blocking(move || data_dir::remove_database_files(&staged))
+                    .await
+                    .ok();
+                return Err(error);
+            }
+        };
+        let kind = if action == "ImportTenant" {
+            "import"
+        } else {
+            "restore"
+        };
+        match started.outcome().await? {
+            (op, Done::Restored(restored)) => {
+                self.registry
+                    .metrics()
+                    .restores
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+                Ok((op, restored))
+            }
+            (op, other) => Err(unexpected(op, &other)),
         }
-        if result.is_err() {
-            // Still ours unless the operation was recorded (then recovery owns it).
-            let staged = staged.clone();
-            let catalog = self.catalog().clone();
-            run_blocking(move || {
-                let recorded = catalog
-                    .read_now(store::operations)?
-                    .iter()
-                    .any(|op| op.staging_file.as_deref() == Some(file_name(&staged).as_str()));
-                if !recorded {
-                    data_dir::remove_database_files(&staged)?;
-                }
-                Ok(())
-            })
-            .await
-            .ok();
-        }
-        result
     }
 
-    async fn restore_staged(&self, id: TenantId, staged: &Path, action: &str) -> Result<Restored> {
+    async fn start_restore(
+        &self,
+        id: TenantId,
+        staged: &Path,
+        call: Call,
+    ) -> Result<operations::Started> {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
@@ -457,40 +539,112 @@ impl Lifecycle {
                 max / 1024
             )));
         }
-
-        let time = now_micros();
-        let op = Operation {
+        let restored = Restored {
             tenant_id: id,
-            kind: OperationKind::Restore,
-            staging_file: Some(file_name(staged)),
-            trash_file: Some(file_name(&self.data_dir().trash_file(id, time))),
-            start_time: time,
-        };
-        let recorded = op.clone();
-        self.catalog()
-            .write(move |tx| {
-                visible_tenant(tx, id)?;
-                store::insert_operation(tx, &recorded)
-            })
-            .await?;
-        fault::point("restore.after-record");
-
-        let _held = self.registry.exclusive(id).await;
-        let data_dir = self.data_dir().clone();
-        let catalog = self.catalog().clone();
-        let target = format!("tenants/{id} (sha256 {sha256})");
-        let action = action.to_owned();
-        run_blocking(move || {
-            finish_restore(&catalog, &data_dir, &op)?;
-            catalog.write_now(|tx| audit(tx, &action, &target, "OK"))
-        })
-        .await?;
-        Ok(Restored {
-            tenant_id: id,
-            migrated,
+            from_version: migrated.from,
+            to_version: migrated.to,
             size_bytes,
             sha256,
+        };
+        let held = self.registry.exclusive(id).await;
+        let time = now_micros();
+        let staging = file_name(staged);
+        let trash = file_name(&self.data_dir().trash_file(id, time));
+        let lifecycle = self.clone();
+        self.operations
+            .start(
+                self.catalog(),
+                call.clone(),
+                |op| OperationRecord {
+                    staging_file: Some(staging),
+                    trash_file: Some(trash),
+                    ..record(op, id, &call, time)
+                },
+                held,
+                move |tx| visible_tenant(tx, id).map(|_| ()),
+                move |op| async move {
+                    fault::reached("restore.after-record").await;
+                    let (catalog, data_dir) =
+                        (lifecycle.catalog().clone(), lifecycle.data_dir().clone());
+                    let result = serde_json::to_string(&restored).unwrap_or_default();
+                    let detail = format!("sha256 {}", restored.sha256);
+                    persist("restoring a tenant", move || {
+                        finish_restore(&catalog, &data_dir, &op, &result, &detail)
+                    })
+                    .await;
+                    Ok(Done::Restored(restored))
+                },
+            )
+            .await
+    }
+}
+
+/// A new operation's record, from the call that starts it.
+fn record(id: uuid::Uuid, tenant: TenantId, call: &Call, time: Micros) -> OperationRecord {
+    OperationRecord {
+        id,
+        tenant_id: tenant,
+        kind: call.kind,
+        action: call.action.to_owned(),
+        request: call.request.clone(),
+        request_id: call.request_id,
+        staging_file: None,
+        trash_file: None,
+        outcome: None,
+        message: String::new(),
+        result: String::new(),
+        start_time: time,
+        end_time: None,
+    }
+}
+
+fn unexpected(op: uuid::Uuid, done: &Done) -> Error {
+    Error::internal(
+        format!("operation {op}"),
+        format!("it ended with an unexpected result: {done:?}"),
+    )
+}
+
+/// Whether tenant `id` may be deleted (or purged): NOT_FOUND unless it is
+/// visible, or deleted already and `purge` asks to erase what it left.
+async fn deletable(catalog: &Catalog, id: TenantId, purge: bool) -> Result<()> {
+    catalog
+        .read(move |conn| {
+            if visible_tenant(conn, id).is_ok() {
+                Ok(())
+            } else {
+                deleted_already(conn, id, purge)
+            }
         })
+        .await
+}
+
+fn deleted_already(conn: &rusqlite::Connection, id: TenantId, purge: bool) -> Result<()> {
+    match store::get_tenant(conn, id)?.map(|t| t.state) {
+        Some(TenantState::Deleted) if purge => Ok(()),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// Runs a step of an operation until it succeeds: a step past the point of
+/// no return must happen, and every step is idempotent. A failure (a disk
+/// error, a full disk) is logged and tried again, waiting longer each time.
+async fn persist<F>(what: &'static str, step: F)
+where
+    F: Fn() -> Result<()> + Send + Sync + 'static,
+{
+    let step = Arc::new(step);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let attempt = step.clone();
+        match run_blocking(move || attempt()).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(error = %crate::error::error_chain(&error), ?wait, "{what} failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 
@@ -520,9 +674,16 @@ fn to_trash(id: TenantId, file: &Path, trash: &Path) -> Result<()> {
     data_dir::move_database_files(file, trash)
 }
 
-/// The steps of a delete or purge after the tenant is marked `deleting` and
-/// nothing has its file open. Idempotent: recovery runs it again. Blocking.
-fn finish_delete(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Result<()> {
+/// The steps of a delete or purge once it is recorded and nothing has the
+/// tenant's file open: the file to the trash (or removed, with its copies),
+/// then the tenant `deleted` and the operation's end, in one transaction.
+/// Idempotent: recovery runs it again. Blocking.
+fn finish_delete(
+    catalog: &Catalog,
+    data_dir: &DataDir,
+    op: &OperationRecord,
+    detail: &str,
+) -> Result<()> {
     let id = op.tenant_id;
     let file = data_dir.tenant_file(id);
     match op.kind {
@@ -543,22 +704,25 @@ fn finish_delete(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Resul
         }
     }
     fault::point("delete.after-move");
-    let action = if op.kind == OperationKind::Purge {
-        "PurgeTenant"
-    } else {
-        "DeleteTenant"
-    };
     catalog.write_now(|tx| {
-        store::set_tenant_state_only(tx, id, TenantState::Deleted, now_micros())?;
-        store::delete_operation(tx, id)?;
-        audit(tx, action, &format!("tenants/{id}"), "OK")
+        let state = store::get_tenant(tx, id)?.map(|t| t.state);
+        if state != Some(TenantState::Deleted) {
+            store::set_tenant_state_only(tx, id, TenantState::Deleted, now_micros())?;
+        }
+        operations::finish(tx, op, &Ok(String::new()), detail)
     })
 }
 
 /// The steps of a restore once it is recorded and nothing has the tenant's
-/// file open: the current file to the trash, the checked copy into place.
-/// Idempotent: recovery runs it again. Blocking.
-fn finish_restore(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Result<()> {
+/// file open: the current file to the trash, the checked copy into place,
+/// then the operation's end. Idempotent: recovery runs it again. Blocking.
+fn finish_restore(
+    catalog: &Catalog,
+    data_dir: &DataDir,
+    op: &OperationRecord,
+    result: &str,
+    detail: &str,
+) -> Result<()> {
     let id = op.tenant_id;
     let file = data_dir.tenant_file(id);
     let missing = |what| Error::internal("restoring a tenant", format!("no {what} recorded"));
@@ -594,28 +758,75 @@ fn finish_restore(catalog: &Catalog, data_dir: &DataDir, op: &Operation) -> Resu
     };
     catalog.write_now(|tx| {
         store::set_schema_version(tx, id, version)?;
-        store::delete_operation(tx, id)
+        operations::finish(tx, op, &Ok(result.to_owned()), detail)
     })
 }
 
-/// Finishes or rolls back whatever a crash interrupted, before serving:
-/// creations left `provisioning` are rolled back (no client ever saw them),
-/// recorded deletes, purges and restores are finished, and the staging
-/// folder is emptied. Blocking.
+/// Rolls back a creation: its file removed, its catalog row forgotten, and
+/// the operation's end recorded with `outcome`. Idempotent. Blocking.
+fn roll_back_creation(
+    catalog: &Catalog,
+    data_dir: &DataDir,
+    op: &OperationRecord,
+    outcome: std::result::Result<String, &Error>,
+) -> Result<()> {
+    let id = op.tenant_id;
+    data_dir::remove_database_files(&data_dir.tenant_file(id))?;
+    catalog.write_now(|tx| {
+        if store::get_tenant(tx, id)?.is_some_and(|t| t.state == TenantState::Provisioning) {
+            store::delete_tenant_row(tx, id)?;
+        }
+        operations::finish(tx, op, &outcome, "")
+    })
+}
+
+/// Finishes or rolls back whatever a stop interrupted, before serving:
+/// recorded deletes, purges and restores are finished (their callers heard,
+/// at most, that the outcome was unknown), creations are rolled back (no
+/// client ever saw the tenant), and the staging folder is emptied. Each
+/// ends as an operation, with its audit event. Blocking.
 pub fn recover(catalog: &Catalog, data_dir: &DataDir) -> Result<()> {
+    const DETAIL: &str = "finished at start-up: the server stopped while it ran";
+    for op in catalog.read_now(crate::catalog::operations::running)? {
+        tracing::warn!(tenant = %op.tenant_id, operation = %op.id, action = op.action, "finishing an operation interrupted by a stop");
+        match op.kind {
+            OperationKind::Create => {
+                let interrupted = Error::Aborted(
+                    "the server stopped before the tenant was made: nothing was created; \
+                     create it again"
+                        .into(),
+                );
+                roll_back_creation(catalog, data_dir, &op, Err(&interrupted))?;
+            }
+            OperationKind::Delete | OperationKind::Purge => {
+                finish_delete(catalog, data_dir, &op, DETAIL)?;
+            }
+            OperationKind::Restore => {
+                let (size, sha256) = match op.staging_file.as_deref() {
+                    Some(name) if data_dir.staging_dir().join(name).exists() => {
+                        snapshot::file_sha256(&data_dir.staging_dir().join(name))?
+                    }
+                    _ => snapshot::file_sha256(&data_dir.tenant_file(op.tenant_id))?,
+                };
+                let restored = Restored {
+                    tenant_id: op.tenant_id,
+                    from_version: 0,
+                    to_version: migrations::latest(),
+                    size_bytes: size,
+                    sha256,
+                };
+                let result = serde_json::to_string(&restored).unwrap_or_default();
+                finish_restore(catalog, data_dir, &op, &result, DETAIL)?;
+            }
+        }
+    }
+    // Creations an older version left without an operation record.
     let provisioning =
         catalog.read_now(|conn| store::tenants_in_state(conn, TenantState::Provisioning))?;
     for tenant in provisioning {
         tracing::warn!(tenant = %tenant.id, name = tenant.name, "rolling back a tenant creation interrupted by a crash");
         data_dir::remove_database_files(&data_dir.tenant_file(tenant.id))?;
         catalog.write_now(|tx| store::delete_tenant_row(tx, tenant.id))?;
-    }
-    for op in catalog.read_now(store::operations)? {
-        tracing::warn!(tenant = %op.tenant_id, kind = ?op.kind, "finishing an operation interrupted by a crash");
-        match op.kind {
-            OperationKind::Delete | OperationKind::Purge => finish_delete(catalog, data_dir, &op)?,
-            OperationKind::Restore => finish_restore(catalog, data_dir, &op)?,
-        }
     }
     let staging = data_dir.staging_dir();
     let entries =

@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod migrate;
 pub mod migrations;
+pub mod operations;
 mod registry;
 pub mod snapshot;
 pub mod usage;

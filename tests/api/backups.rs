@@ -42,6 +42,7 @@ async fn backup(server: &TestServer, tenant: &TestTenant) -> pb::Backup {
 
 fn restore_from(tenant: &TestTenant, path: &str) -> RestoreTenantRequest {
     RestoreTenantRequest {
+        request_id: String::new(),
         id: tenant.id.clone(),
         source: Some(Source::BackupPath(path.into())),
     }
@@ -395,6 +396,7 @@ async fn a_bad_snapshot_is_refused_and_the_tenant_keeps_its_data() {
     expect_code(
         admin
             .restore_tenant(as_admin(RestoreTenantRequest {
+                request_id: String::new(),
                 id: acme.id.clone(),
                 source: None,
             }))

@@ -71,6 +71,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
             .admin()
             .await
             .create_tenant(as_admin(CreateTenantRequest {
+                request_id: String::new(),
                 tenant: Some(pb::Tenant {
                     name: name.into(),
                     ..Default::default()
@@ -138,6 +139,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
             .admin()
             .await
             .delete_tenant(as_admin(DeleteTenantRequest {
+                request_id: String::new(),
                 id: doomed.id.clone(),
                 purge: false,
             }))
@@ -177,6 +179,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
         // Nothing is left recorded: the new tenant can be deleted at once.
         admin
             .delete_tenant(as_admin(DeleteTenantRequest {
+                request_id: String::new(),
                 id: other.id.clone(),
                 purge: true,
             }))
@@ -214,6 +217,7 @@ async fn a_purge_cut_short_erases_everything_at_start_up() {
         .admin()
         .await
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: doomed.id.clone(),
             purge: true,
         }))
@@ -264,6 +268,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
             .admin()
             .await
             .restore_tenant(as_admin(RestoreTenantRequest {
+                request_id: String::new(),
                 id: acme.id.clone(),
                 source: Some(Source::BackupPath(backup.path.clone())),
             }))
@@ -290,6 +295,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
             .admin()
             .await
             .restore_tenant(as_admin(RestoreTenantRequest {
+                request_id: String::new(),
                 id: acme.id.clone(),
                 source: Some(Source::BackupPath(backup.path.clone())),
             }))

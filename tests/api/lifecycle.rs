@@ -194,6 +194,7 @@ async fn a_deleted_tenant_is_gone_its_file_is_in_the_trash_and_its_name_is_free(
 
     admin
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: acme.id.clone(),
             purge: false,
         }))
@@ -219,6 +220,7 @@ async fn a_deleted_tenant_is_gone_its_file_is_in_the_trash_and_its_name_is_free(
     expect_code(
         admin
             .delete_tenant(as_admin(DeleteTenantRequest {
+                request_id: String::new(),
                 id: acme.id.clone(),
                 purge: false,
             }))
@@ -267,6 +269,7 @@ async fn a_purge_removes_the_file_its_trash_copies_and_its_backups() {
     // Soft delete first, then erase what was kept.
     admin
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: acme.id.clone(),
             purge: false,
         }))
@@ -274,6 +277,7 @@ async fn a_purge_removes_the_file_its_trash_copies_and_its_backups() {
         .unwrap();
     admin
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: acme.id.clone(),
             purge: true,
         }))
@@ -297,6 +301,7 @@ async fn a_purge_removes_the_file_its_trash_copies_and_its_backups() {
     // A direct purge of a live tenant.
     admin
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: beta.id.clone(),
             purge: true,
         }))
@@ -358,6 +363,7 @@ async fn a_delete_waits_for_writes_in_flight_and_loses_none_of_them() {
     }
     admin
         .delete_tenant(as_admin(DeleteTenantRequest {
+            request_id: String::new(),
             id: acme.id.clone(),
             purge: false,
         }))
@@ -503,6 +509,7 @@ async fn a_clone_starts_with_a_copy_of_its_source_and_then_lives_apart() {
     let mut admin = server.admin().await;
     let clone = admin
         .create_tenant(as_admin(CreateTenantRequest {
+            request_id: String::new(),
             tenant: Some(pb::Tenant {
                 name: "newcomer".into(),
                 ..Default::default()
@@ -555,6 +562,7 @@ async fn a_clone_starts_with_a_copy_of_its_source_and_then_lives_apart() {
     for source in [uuid::Uuid::new_v4().to_string(), "nope".to_string()] {
         let status = admin
             .create_tenant(as_admin(CreateTenantRequest {
+                request_id: String::new(),
                 tenant: Some(pb::Tenant {
                     name: "orphan".into(),
                     ..Default::default()
@@ -633,6 +641,7 @@ async fn after_a_suspend_and_resume_the_trash_copy_is_one_complete_file_nobody_h
 
     admin
         .delete_tenant(as_admin(pb::DeleteTenantRequest {
+            request_id: String::new(),
             id: deleted.id.clone(),
             purge: false,
         }))
@@ -640,6 +649,7 @@ async fn after_a_suspend_and_resume_the_trash_copy_is_one_complete_file_nobody_h
         .unwrap();
     admin
         .restore_tenant(as_admin(pb::RestoreTenantRequest {
+            request_id: String::new(),
             id: restored.id.clone(),
             source: Some(pb::restore_tenant_request::Source::BackupPath(backup.path)),
         }))

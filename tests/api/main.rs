@@ -20,6 +20,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod migrations;
+mod operations;
 mod registry;
 mod restart;
 mod search;

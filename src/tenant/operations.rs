@@ -1,0 +1,380 @@
+//! Lifecycle operations that run to their end, whatever their caller does.
+//!
+//! Creating, deleting, purging and restoring a tenant each change files and
+//! the catalog in several steps. Such an operation follows one rule:
+//!
+//! 1. It is recorded in the catalog only once it holds what it needs (the
+//!    tenant's gate, a checked snapshot), and only if its caller is still
+//!    waiting: the record is its point of no return ([`crate::deadline`]).
+//!    A caller that gives up before leaves nothing behind and hears that
+//!    nothing was done.
+//! 2. Once recorded, it runs on a task of its own to its end, and records
+//!    its outcome (and the audit event) in the same transaction as its last
+//!    change. Start-up finishes any a crash interrupted.
+//! 3. Its caller hears the outcome, or, if it stops waiting first, that the
+//!    outcome is unknown, with the operation's id to look it up by
+//!    ([`Operations::get`]). A retry of the same call while it runs, or
+//!    with the same `request_id` at any time, is answered with its outcome
+//!    instead of being done again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::catalog::operations::{self, OperationKind, OperationRecord};
+use crate::catalog::{Catalog, TenantRecord};
+use crate::clock::now_micros;
+use crate::deadline;
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+
+/// What an operation did, when it succeeded.
+#[derive(Clone, Debug)]
+pub enum Done {
+    Created(TenantRecord),
+    Deleted,
+    Restored(Restored),
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Restored {
+    pub tenant_id: TenantId,
+    pub from_version: u32,
+    pub to_version: u32,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// How an operation ended, as its callers hear it.
+pub type Outcome = std::result::Result<Done, Arc<Error>>;
+
+/// A call that starts an operation.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// What at most one operation at a time may act on: `tenants/<id>`, or
+    /// `names/<name>` for a creation.
+    pub subject: String,
+    pub kind: OperationKind,
+    pub action: &'static str,
+    /// What tells a retry of the same call from another call on the same
+    /// subject (such as the backup a restore names).
+    pub request: String,
+    pub request_id: Option<Uuid>,
+}
+
+/// The operations running in this process, and the way to their outcomes.
+/// A cheap handle.
+#[derive(Clone, Default)]
+pub struct Operations {
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+#[derive(Clone)]
+struct Running {
+    id: Uuid,
+    action: &'static str,
+    request: String,
+    request_id: Option<Uuid>,
+    done: watch::Receiver<Option<Outcome>>,
+}
+
+/// An operation recorded and started: [`Started::outcome`] waits for it.
+pub struct Started {
+    pub id: Uuid,
+    done: watch::Receiver<Option<Outcome>>,
+}
+
+impl Started {
+    /// Waits for the operation's outcome.
+    pub async fn outcome(mut self) -> Result<(Uuid, Done)> {
+        let id = self.id;
+        let outcome = self
+            .done
+            .wait_for(Option::is_some)
+            .await
+            .map(|done| done.clone().expect("waited for Some"))
+            .map_err(|_| {
+                Error::internal(
+                    format!("running operation {id}"),
+                    "the operation's task ended without an outcome",
+                )
+            })?;
+        outcome
+            .map(|done| (id, done))
+            .map_err(|error| Error::Operation { id, error })
+    }
+}
+
+impl Operations {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running
+            .lock()
+            .expect("the operations lock is never poisoned")
+    }
+
+    /// The operation that already answers `call`, if there is one: the one
+    /// running for the same request on the same subject, or the one recorded
+    /// under its `request_id`. A caller that joins it hears its outcome, or,
+    /// if its own deadline passes first, that the outcome is unknown.
+    pub async fn existing(&self, catalog: &Catalog, call: &Call) -> Result<Option<Started>> {
+        let joined = {
+            let running = self.running();
+            running
+                .values()
+                .find(|r| call.request_id.is_some() && r.request_id == call.request_id)
+                .or_else(|| {
+                    running
+                        .get(&call.subject)
+                        .filter(|r| r.action == call.action && r.request == call.request)
+                })
+                .cloned()
+        };
+        if let Some(running) = joined {
+            if running.action != call.action || running.request != call.request {
+                return Err(reused(call));
+            }
+            join(running.id)?;
+            return Ok(Some(Started {
+                id: running.id,
+                done: running.done,
+            }));
+        }
+        let Some(request_id) = call.request_id else {
+            return Ok(None);
+        };
+        let Some(record) = catalog
+            .read(move |conn| operations::by_request_id(conn, request_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.action != call.action || record.request != call.request {
+            return Err(reused(call));
+        }
+        // Recorded and done (running ones are in the map, or were finished
+        // at start-up): its outcome, as recorded.
+        let outcome = replay(catalog, &record).await?;
+        let (_, done) = watch::channel(Some(outcome));
+        Ok(Some(Started {
+            id: record.id,
+            done,
+        }))
+    }
+
+    /// Records the operation of `call`, in one transaction with `changes`
+    /// (the state it starts from), if its caller is still waiting; then runs
+    /// `steps` on a task of its own, keeping `hold` until they end. `steps`
+    /// record the operation's end themselves (see [`finish`]).
+    pub async fn start<H, C, S, F>(
+        &self,
+        catalog: &Catalog,
+        call: Call,
+        record: impl FnOnce(Uuid) -> OperationRecord,
+        hold: H,
+        changes: C,
+        steps: S,
+    ) -> Result<Started>
+    where
+        H: Send + 'static,
+        C: FnOnce(&rusqlite::Transaction) -> Result<()> + Send + 'static,
+        S: FnOnce(OperationRecord) -> F + Send + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let id = Uuid::now_v7();
+        let op = record(id);
+        let recorded = op.clone();
+        let deadline = deadline::current();
+        catalog
+            .write(move |tx| {
+                changes(tx)?;
+                operations::insert(tx, &recorded)?;
+                // The point of no return: the caller is still waiting, and
+                // from now on hears this operation's outcome, or its id.
+                match &deadline {
+                    Some(deadline) => deadline.commit_operation(id),
+                    None => Ok(()),
+                }
+            })
+            .await?;
+        let (report, done) = watch::channel(None);
+        self.running().insert(
+            call.subject.clone(),
+            Running {
+                id,
+                action: call.action,
+                request: call.request.clone(),
+                request_id: call.request_id,
+                done: done.clone(),
+            },
+        );
+        let operations = self.clone();
+        tokio::spawn(async move {
+            let outcome = steps(op).await;
+            drop(hold);
+            operations.running().remove(&call.subject);
+            let _ = report.send(Some(outcome));
+        });
+        Ok(Started { id, done })
+    }
+
+    /// Waits until no operation runs in this process, for at most `grace`:
+    /// at shutdown, before the tenants are closed. Whatever still runs then
+    /// is finished at the next start.
+    pub async fn drain(&self, grace: Duration) {
+        let waiting: Vec<watch::Receiver<Option<Outcome>>> =
+            self.running().values().map(|r| r.done.clone()).collect();
+        let all = async {
+            for mut done in waiting {
+                let _ = done.wait_for(Option::is_some).await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "operations still running after the grace period: the next start finishes them"
+            );
+        }
+    }
+
+    /// An operation by id, as recorded.
+    pub async fn get(&self, catalog: &Catalog, id: Uuid) -> Result<OperationRecord> {
+        catalog
+            .read(move |conn| operations::get(conn, id))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "operation {id} does not exist: no call ever recorded it, so nothing was \
+                     done under it"
+                ))
+            })
+    }
+}
+
+/// A caller joining a running operation: from now on it hears that
+/// operation's outcome, or, past its deadline, that the outcome is unknown.
+fn join(id: Uuid) -> Result<()> {
+    match deadline::current() {
+        Some(deadline) if deadline.commit_operation(id).is_err() => Err(Error::OutcomeUnknown {
+            operation: id,
+            message: format!(
+                "operation {id}, which this call would repeat, is under way, and this call's \
+                 deadline has passed: look its outcome up with GetOperation"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn reused(call: &Call) -> Error {
+    Error::invalid(
+        "request_id",
+        format!(
+            "was used for another call than this {}: choose a new request_id for a new call",
+            call.action
+        ),
+    )
+}
+
+/// The outcome of a finished operation, as its record says.
+async fn replay(catalog: &Catalog, record: &OperationRecord) -> Result<Outcome> {
+    match record.outcome.as_deref() {
+        Some("OK") => {}
+        Some(code) => {
+            return Ok(Err(Arc::new(Error::Recorded {
+                code: code_of(code),
+                message: record.message.clone(),
+            })));
+        }
+        None => {
+            return Err(Error::Unavailable(format!(
+                "operation {} is still running: retry later",
+                record.id
+            )));
+        }
+    }
+    let done = match record.kind {
+        OperationKind::Create => {
+            let id = record.tenant_id;
+            let tenant = catalog
+                .read(move |conn| crate::catalog::store::get_tenant(conn, id))
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("tenant {id} does not exist any more")))?;
+            Done::Created(tenant)
+        }
+        OperationKind::Delete | OperationKind::Purge => Done::Deleted,
+        OperationKind::Restore => {
+            Done::Restored(serde_json::from_str(&record.result).map_err(|e| {
+                Error::internal(format!("reading the result of operation {}", record.id), e)
+            })?)
+        }
+    };
+    Ok(Ok(done))
+}
+
+/// A status code from its name, as outcomes are recorded.
+fn code_of(name: &str) -> tonic::Code {
+    use tonic::Code;
+    [
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ]
+    .into_iter()
+    .find(|code| crate::error::code_name(*code) == name)
+    .unwrap_or(Code::Unknown)
+}
+
+/// Records the end of operation `op` in `tx`, with its audit event: in the
+/// transaction of the operation's last change.
+pub fn finish(
+    tx: &rusqlite::Connection,
+    op: &OperationRecord,
+    outcome: &std::result::Result<String, &Error>,
+    detail: &str,
+) -> Result<()> {
+    let time = now_micros();
+    let (code, message, result) = match outcome {
+        Ok(result) => ("OK".to_owned(), String::new(), result.clone()),
+        Err(error) => {
+            let status = crate::error::to_status(error);
+            (
+                crate::error::code_name(status.code()).to_owned(),
+                status.message().to_owned(),
+                String::new(),
+            )
+        }
+    };
+    operations::finish(tx, op.id, &code, &message, &result, time)?;
+    let detail = match detail {
+        "" => format!("operation {}", op.id),
+        more => format!("operation {}; {more}", op.id),
+    };
+    crate::catalog::store::record_admin_event(
+        tx,
+        &crate::catalog::store::AdminEvent {
+            time,
+            actor: "admin",
+            action: &op.action,
+            target: &format!("tenants/{}", op.tenant_id),
+            outcome: &code,
+            detail: &detail,
+        },
+    )
+}
