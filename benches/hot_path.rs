@@ -256,6 +256,7 @@ fn point_read(c: &mut Criterion, f: &Fixture) {
         RegistrySettings {
             max_open: f.config.max_open_tenants,
             idle: f.config.tenant_idle(),
+            max_staging_bytes: f.config.max_staging_mib << 20,
             pool: PoolSettings {
                 inline_reads: false,
                 ..registry.pool_settings().clone()

@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_SEARCH_PARALLELISM", default_value_t = 4)]
     pub search_parallelism: usize,
 
+    /// Most MiB of snapshots and uploads being made in the staging folder
+    /// at once (exports, backups, copies, restores, imports); one more is
+    /// refused with RESOURCE_EXHAUSTED until others are done.
+    #[arg(long, env = "TENANTRY_MAX_STAGING_MIB", default_value_t = 8192)]
+    pub max_staging_mib: u64,
+
     /// The largest snapshot ImportTenant accepts, in bytes.
     #[arg(long, env = "TENANTRY_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
     pub max_import_bytes: u64,

@@ -70,6 +70,7 @@ pub mod schema;
 pub mod server;
 pub mod shutdown;
 pub mod sqlite;
+pub mod staging;
 pub mod tenant;
 pub mod weak_map;
 

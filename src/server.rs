@@ -86,6 +86,7 @@ impl OpenData {
             RegistrySettings {
                 max_open: config.max_open_tenants,
                 idle: config.tenant_idle(),
+                max_staging_bytes: config.max_staging_mib << 20,
                 pool: PoolSettings {
                     max_bytes: config.tenant_quota_bytes(),
                     inline_reads: config.inline_reads,
@@ -116,6 +117,13 @@ impl Application {
                 "--tenant-max-concurrent-calls {} is above --max-concurrent-calls {}: \
                  one tenant could take every call slot of the server",
                 config.tenant_max_concurrent_calls, config.max_concurrent_calls
+            )));
+        }
+        if config.admin_reserved_calls >= config.max_concurrent_calls {
+            return Err(Error::FailedPrecondition(format!(
+                "--admin-reserved-calls {} leaves none of --max-concurrent-calls {} to the \
+                 tenants: reserve fewer",
+                config.admin_reserved_calls, config.max_concurrent_calls
             )));
         }
         let setup = config.clone();
@@ -183,6 +191,7 @@ impl Application {
             _lock,
         } = self;
         let admin_settings = AdminSettings {
+            stream_stall: config.stream_stall(),
             migrate_workers: config.migrate_workers,
             max_import_bytes: config.max_import_bytes,
             search_parallelism: config.search_parallelism,

@@ -5,4 +5,5 @@
 pub mod audited;
 pub mod items;
 pub mod search;
+pub mod stream;
 pub mod tenants;

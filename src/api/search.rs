@@ -25,6 +25,7 @@ use tonic::Status;
 
 use crate::api::audited::clip;
 use crate::api::items::to_pb;
+use crate::api::stream::{Answer, Producer, Stopped};
 use crate::audit::{AdminCall, record_admin_call};
 use crate::catalog::{Catalog, TenantRecord, TenantState, store};
 use crate::deadline::{self, Deadline};
@@ -203,67 +204,105 @@ impl Drop for Recorder {
     }
 }
 
-pub type SearchStream = BoxStream<'static, std::result::Result<pb::SearchItemsResponse, Status>>;
-
 /// The stream of a search: each tenant's matches in turn, `parallelism`
-/// tenants read at a time, until the end, the deadline, or the client
-/// going away.
+/// tenants read at a time, until the end, the deadline, the client going
+/// away, or the client not reading for `stall`. The search runs on a task
+/// of its own ([`crate::api::stream`]), and each tenant is read on a task
+/// of its own too, so a tenant is read to its end (and let go of) whether
+/// or not the client keeps up.
 pub fn search(
     registry: Registry,
     query: Query,
     parallelism: usize,
     deadline: Option<Arc<Deadline>>,
-) -> SearchStream {
+    stall: std::time::Duration,
+) -> Answer<pb::SearchItemsResponse> {
+    let (producer, answer) = crate::api::stream::open(stall);
     let recorder = Recorder {
         catalog: registry.catalog().clone(),
         description: query.describe(),
         trace: Arc::default(),
     };
     let trace = recorder.trace.clone();
+    tokio::spawn(async move {
+        let outcome = produce(registry, query, parallelism, deadline, trace, &producer).await;
+        recorder.record(outcome).await;
+    });
+    answer
+}
+
+/// Reads the tenants and sends their matches; how the search ended.
+async fn produce(
+    registry: Registry,
+    query: Query,
+    parallelism: usize,
+    deadline: Option<Arc<Deadline>>,
+    trace: Arc<Mutex<Trace>>,
+    producer: &Producer<pb::SearchItemsResponse>,
+) -> &'static str {
     let query = Arc::new(query);
-    let reads = targets(registry.catalog().clone(), &query)
-        .map(move |target| {
+    let catalog = registry.catalog().clone();
+    let mut reads = targets(catalog, &query)
+        .map(|target| {
             let (registry, query, trace) = (registry.clone(), query.clone(), trace.clone());
             let deadline = deadline.clone();
             async move {
-                let target = target.map_err(Status::from)?;
-                let read = read_one(&registry, &query, &trace, target);
-                match &deadline {
-                    Some(deadline) => {
-                        let at = deadline.at();
-                        deadline::scope(Some(deadline.clone()), tokio::time::timeout_at(at, read))
-                            .await
-                            .map_err(|_| deadline_passed())
-                    }
-                    None => Ok(read.await),
-                }
+                let target = target?;
+                let read = deadline::scope(deadline, read_one(registry, query, trace, target));
+                Aborting(tokio::spawn(read))
+                    .await
+                    .map_err(|joined| Error::internal("searching a tenant", joined.to_string()))
             }
         })
         .buffered(parallelism.max(1));
-    // Ends after the first error: a deadline, or the catalog unreadable.
-    let batches = stream::unfold(
-        (reads, Some(recorder)),
-        |(mut reads, recorder)| async move {
-            let recorder = recorder?;
-            match reads.next().await {
-                Some(Ok(batch)) => Some((Ok(batch), (reads, Some(recorder)))),
-                Some(Err(status)) => {
-                    recorder.record(code_name(status.code())).await;
-                    Some((Err(status), (reads, None)))
-                }
-                None => {
-                    recorder.record("OK").await;
-                    None
-                }
+    loop {
+        let next = match &deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at(), reads.next()).await,
+            None => Ok(reads.next().await),
+        };
+        let batch = match next {
+            Err(_) => {
+                producer.end_with(deadline_passed());
+                return "DEADLINE_EXCEEDED";
             }
-        },
-    );
-    batches
-        .flat_map(|batch| match batch {
-            Ok(responses) => stream::iter(responses.into_iter().map(Ok)).boxed(),
-            Err(status) => stream::once(async { Err(status) }).boxed(),
-        })
-        .boxed()
+            Ok(None) => return "OK",
+            // The catalog could not be read.
+            Ok(Some(Err(error))) => {
+                let status = to_status(&error);
+                let code = code_name(status.code());
+                producer.end_with(status);
+                return code;
+            }
+            Ok(Some(Ok(batch))) => batch,
+        };
+        for response in batch {
+            match producer.send(response).await {
+                Ok(()) => {}
+                Err(Stopped::Gone) => return "CANCELLED",
+                Err(Stopped::Stalled) => return "UNAVAILABLE",
+            }
+        }
+    }
+}
+
+/// A spawned task, aborted if nobody waits for it any more.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for Aborting<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn deadline_passed() -> Status {
@@ -334,9 +373,9 @@ fn targets(catalog: Catalog, query: &Query) -> BoxStream<'static, Result<Target>
 
 /// One tenant's matches, or the one entry saying why it could not be read.
 async fn read_one(
-    registry: &Registry,
-    query: &Arc<Query>,
-    trace: &Mutex<Trace>,
+    registry: Registry,
+    query: Arc<Query>,
+    trace: Arc<Mutex<Trace>>,
     target: Target,
 ) -> Vec<pb::SearchItemsResponse> {
     let Target { id, record } = target;

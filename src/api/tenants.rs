@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::search;
-use crate::audit;
+use crate::api::stream;
+use crate::audit::{self, AdminCall, record_admin_call};
 use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
 use crate::clock::{now_micros, to_timestamp};
@@ -37,6 +37,8 @@ pub struct TenantApi {
 /// Limits of the admin API.
 #[derive(Clone, Debug)]
 pub struct AdminSettings {
+    /// How long a streamed answer waits for its reader before it is ended.
+    pub stream_stall: std::time::Duration,
     /// Tenants migrated at once by MigrateTenants.
     pub migrate_workers: usize,
     /// The largest snapshot ImportTenant accepts.
@@ -324,14 +326,14 @@ impl TenantService for TenantApi {
         Ok(Response::new(key_to_pb(&key)))
     }
 
-    type MigrateTenantsStream = ReceiverStream<Result<pb::MigrateTenantsResponse, Status>>;
+    type MigrateTenantsStream = stream::Answer<pb::MigrateTenantsResponse>;
 
     async fn migrate_tenants(
         &self,
         _request: Request<pb::MigrateTenantsRequest>,
     ) -> Result<Response<Self::MigrateTenantsStream>, Status> {
-        let (reports, mut received) = mpsc::channel::<MigrationReport>(64);
-        let (answers, stream) = mpsc::channel(64);
+        let (reports, mut received) = mpsc::channel::<MigrationReport>(1);
+        let (producer, answer) = stream::open(self.settings.stream_stall);
         let registry = self.lifecycle.registry().clone();
         let workers = self.settings.migrate_workers;
         let catalog = self.catalog.clone();
@@ -344,43 +346,39 @@ impl TenantService for TenantApi {
                     } else {
                         failed += 1;
                     }
-                    if answers.send(Ok(report_to_pb(report))).await.is_err() {
-                        break;
+                    if let Err(stopped) = producer.send(report_to_pb(report)).await {
+                        // No tenant is started after this; those under way
+                        // finish on their own.
+                        return (ok, failed, Some(stopped));
                     }
                 }
-                (ok, failed)
+                (ok, failed, None)
             };
-            let (migrated, (ok, failed)) =
+            let (migrated, (ok, failed, stopped)) =
                 tokio::join!(registry.migrate_all(workers, reports), forward);
-            let outcome = match &migrated {
-                Ok(()) => format!("OK: {ok} migrated, {failed} failed"),
-                Err(_) => {
-                    format!("INTERNAL: {ok} migrated, {failed} failed, then stopped by an error")
-                }
+            let outcome = match (&migrated, stopped) {
+                (Err(_), _) => "INTERNAL",
+                (Ok(()), None) => "OK",
+                (Ok(()), Some(stream::Stopped::Gone)) => "CANCELLED",
+                (Ok(()), Some(stream::Stopped::Stalled)) => "UNAVAILABLE",
             };
+            let outcome = format!("{outcome}: {ok} migrated, {failed} failed");
             tracing::info!(ok, failed, "migrated tenants");
             if let Err(error) = migrated {
-                answers.send(Err(error.into())).await.ok();
+                producer.end_with(error.into());
             }
-            catalog
-                .write(move |tx| {
-                    store::record_admin_event(
-                        tx,
-                        &store::AdminEvent {
-                            time: now_micros(),
-                            actor: "admin",
-                            action: "MigrateTenants",
-                            target: "tenants",
-                            outcome: &outcome,
-                            detail: "",
-                        },
-                    )
-                })
-                .await
-                .inspect_err(|e| tracing::error!(error = %crate::error::error_chain(e), "could not audit a migration"))
-                .ok();
+            record_admin_call(
+                &catalog,
+                AdminCall {
+                    action: "MigrateTenants".into(),
+                    target: "tenants".into(),
+                    outcome,
+                    detail: String::new(),
+                },
+            )
+            .await;
         });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Ok(Response::new(answer))
     }
 
     async fn backup_tenant(
@@ -400,7 +398,7 @@ impl TenantService for TenantApi {
         Ok(Response::new(backup_to_pb(&snapshot, path)))
     }
 
-    type ExportTenantStream = ReceiverStream<Result<pb::ExportTenantResponse, Status>>;
+    type ExportTenantStream = stream::Answer<pb::ExportTenantResponse>;
 
     async fn export_tenant(
         &self,
@@ -414,32 +412,44 @@ impl TenantService for TenantApi {
             .backups
             .get_or_create(&crate::metrics::KindLabels { kind: "export" })
             .inc();
-        let header = backup_to_pb(&snapshot, String::new());
-        let path = snapshot.path.clone();
-        self.catalog
-            .write(move |tx| {
-                store::record_admin_event(
-                    tx,
-                    &store::AdminEvent {
-                        time: now_micros(),
-                        actor: "admin",
-                        action: "ExportTenant",
-                        target: &format!("tenants/{id}"),
-                        outcome: "OK",
-                        detail: "",
-                    },
-                )
-            })
-            .await?;
-        let (answers, stream) = mpsc::channel(4);
+        let header = pb::Backup {
+            tenant_id: id.to_string(),
+            path: String::new(),
+            size_bytes: snapshot.summary.size_bytes,
+            sha256: snapshot.summary.sha256.clone(),
+            schema_version: snapshot.summary.schema_version,
+            create_time: Some(to_timestamp(snapshot.time)),
+        };
+        let (producer, answer) = stream::open(self.settings.stream_stall);
+        let catalog = self.catalog.clone();
+        let deadline = crate::deadline::current();
         tokio::spawn(async move {
-            let sent = stream_file(&path, header, &answers).await;
-            if let Err(error) = sent {
-                answers.send(Err(error.into())).await.ok();
-            }
-            tokio::fs::remove_file(&path).await.ok();
+            let sent = stream_file(snapshot.file.path(), header, &producer, deadline).await;
+            let outcome = match sent {
+                Ok(None) => "OK".to_owned(),
+                Ok(Some(stream::Stopped::Gone)) => "CANCELLED".to_owned(),
+                Ok(Some(stream::Stopped::Stalled)) => "UNAVAILABLE".to_owned(),
+                Err(error) => {
+                    let status = Status::from(error);
+                    let code = code_name(status.code()).to_owned();
+                    producer.end_with(status);
+                    code
+                }
+            };
+            // The staged snapshot goes as soon as the stream is done with.
+            drop(snapshot);
+            record_admin_call(
+                &catalog,
+                AdminCall {
+                    action: "ExportTenant".into(),
+                    target: format!("tenants/{id}"),
+                    outcome,
+                    detail: String::new(),
+                },
+            )
+            .await;
         });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Ok(Response::new(answer))
     }
 
     async fn restore_tenant(
@@ -453,10 +463,15 @@ impl TenantService for TenantApi {
             return Err(Error::invalid("source", "is required: set backup_path").into());
         };
         let data_dir = self.lifecycle.registry().data_dir().clone();
+        let staging = self.lifecycle.registry().staging().clone();
         let (staged, source) = run_blocking(move || {
             let source = resolve_backup_path(&data_dir, &backup_path)?;
-            let staged = data_dir.staging_file("restore");
-            std::fs::copy(&source, &staged).context(|| format!("copying {}", source.display()))?;
+            let size = std::fs::metadata(&source)
+                .context(|| format!("reading {}", source.display()))?
+                .len();
+            let staged = staging.reserve("restore", size)?;
+            std::fs::copy(&source, staged.path())
+                .context(|| format!("copying {}", source.display()))?;
             Ok((staged, source))
         })
         .await?;
@@ -474,16 +489,9 @@ impl TenantService for TenantApi {
         request: Request<Streaming<pb::ImportTenantRequest>>,
     ) -> Result<Response<pb::RestoreTenantResponse>, Status> {
         let mut upload = request.into_inner();
-        let data_dir = self.lifecycle.registry().data_dir().clone();
-        let staged = data_dir.staging_file("import");
-        let received = receive_upload(&mut upload, &staged, self.settings.max_import_bytes).await;
-        let (id, sha256, request_id) = match received {
-            Ok(received) => received,
-            Err(error) => {
-                tokio::fs::remove_file(&staged).await.ok();
-                return Err(error.into());
-            }
-        };
+        let mut staged = self.lifecycle.registry().staging().reserve("import", 0)?;
+        let (id, sha256, request_id) =
+            receive_upload(&mut upload, &mut staged, self.settings.max_import_bytes).await?;
         let (operation, restored) = self
             .lifecycle
             .restore(id, staged, "ImportTenant", sha256, request_id)
@@ -580,7 +588,7 @@ impl TenantService for TenantApi {
         Ok(Response::new(operation_to_pb(&record)))
     }
 
-    type SearchItemsStream = search::SearchStream;
+    type SearchItemsStream = stream::Answer<pb::SearchItemsResponse>;
 
     async fn search_items(
         &self,
@@ -592,6 +600,7 @@ impl TenantService for TenantApi {
             query,
             self.settings.search_parallelism,
             crate::deadline::current(),
+            self.settings.stream_stall,
         )))
     }
 }
@@ -799,18 +808,21 @@ fn parse_request_id(text: &str) -> Result<Option<uuid::Uuid>> {
     parse_canonical_uuid("request_id", text).map(Some)
 }
 
-/// Sends `header`, then the file's bytes in chunks.
+/// Sends `header`, then the file's bytes in chunks, until the end, the
+/// call's deadline, or the client stopping; `Some` says why it stopped.
 async fn stream_file(
     path: &Path,
     header: pb::Backup,
-    answers: &mpsc::Sender<Result<pb::ExportTenantResponse, Status>>,
-) -> Result<()> {
+    producer: &stream::Producer<pb::ExportTenantResponse>,
+    deadline: Option<std::sync::Arc<crate::deadline::Deadline>>,
+) -> Result<Option<stream::Stopped>> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path)
         .await
         .context(|| format!("opening {}", path.display()))?;
     let mut header = Some(header);
     loop {
+        crate::deadline::check(deadline.as_deref())?;
         let mut chunk = vec![0u8; EXPORT_CHUNK];
         let mut filled = 0;
         while filled < chunk.len() {
@@ -825,18 +837,17 @@ async fn stream_file(
         }
         chunk.truncate(filled);
         if filled == 0 && header.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let message = pb::ExportTenantResponse {
             backup: header.take(),
             chunk,
         };
-        if answers.send(Ok(message)).await.is_err() {
-            // The client went away.
-            return Ok(());
+        if let Err(stopped) = producer.send(message).await {
+            return Ok(Some(stopped));
         }
         if filled < EXPORT_CHUNK {
-            return Ok(());
+            return Ok(None);
         }
     }
 }
@@ -846,7 +857,7 @@ async fn stream_file(
 /// client's request id.
 async fn receive_upload(
     upload: &mut Streaming<pb::ImportTenantRequest>,
-    staged: &Path,
+    staged: &mut crate::staging::StagedFile,
     max_bytes: u64,
 ) -> Result<(TenantId, String, Option<uuid::Uuid>)> {
     use sha2::{Digest, Sha256};
@@ -866,9 +877,10 @@ async fn receive_upload(
     {
         return Err(Error::invalid("sha256", "must be 64 hex digits when set"));
     }
-    let mut file = tokio::fs::File::create(staged)
+    let path = staged.path().to_owned();
+    let mut file = tokio::fs::File::create(&path)
         .await
-        .context(|| format!("creating {}", staged.display()))?;
+        .context(|| format!("creating {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut next = Some(first);
@@ -885,17 +897,21 @@ async fn receive_upload(
                 "the upload is larger than the {max_bytes} bytes this server accepts (--max-import-bytes)"
             )));
         }
+        staged.grow(message.chunk.len() as u64)?;
         hasher.update(&message.chunk);
         file.write_all(&message.chunk)
             .await
-            .context(|| format!("writing {}", staged.display()))?;
+            .context(|| format!("writing {}", path.display()))?;
         next = upload.message().await.map_err(|status| {
             Error::invalid("chunk", format!("the upload failed: {}", status.message()))
         })?;
     }
+    file.flush()
+        .await
+        .context(|| format!("writing {}", path.display()))?;
     file.sync_all()
         .await
-        .context(|| format!("syncing {}", staged.display()))?;
+        .context(|| format!("syncing {}", path.display()))?;
     let digest = hex::encode(hasher.finalize());
     if !expected.is_empty() && expected != digest {
         return Err(Error::invalid(

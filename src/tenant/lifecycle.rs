@@ -28,6 +28,7 @@ use crate::ids::{TenantId, TenantName};
 use crate::metrics::KindLabels;
 use crate::schema;
 use crate::sqlite::{Database, run_blocking};
+use crate::staging::StagedFile;
 use crate::tenant::Registry;
 use crate::tenant::migrations::{self, TENANT};
 use crate::tenant::operations::{self, Call, Done, Operations, Outcome, Restored};
@@ -48,10 +49,19 @@ pub struct TenantChanges {
     pub state: Option<TenantState>,
 }
 
-/// A snapshot made by [`Lifecycle::backup`] or [`Lifecycle::snapshot`].
+/// A snapshot made by [`Lifecycle::backup`]: where it is, and what it is.
 pub struct Snapshot {
     pub tenant_id: TenantId,
     pub path: PathBuf,
+    pub summary: FileSummary,
+    pub time: Micros,
+}
+
+/// A snapshot in the staging folder, made by [`Lifecycle::snapshot`]: removed
+/// when dropped.
+pub struct StagedSnapshot {
+    pub tenant_id: TenantId,
+    pub file: StagedFile,
     pub summary: FileSummary,
     pub time: Micros,
 }
@@ -245,23 +255,19 @@ impl Lifecycle {
     async fn copy_file(&self, source: TenantId, tenant: TenantId) -> Result<()> {
         let _source_held = self.registry.shared(source).await;
         let from = self.data_dir().tenant_file(source);
-        let staged = self.data_dir().staging_file("clone");
+        let staging = self.registry.staging().clone();
         let to = self.data_dir().tenant_file(tenant);
         run_blocking(move || {
-            let copied = snapshot::take(&from, &staged).and_then(|_| {
-                let mut conn = rusqlite::Connection::open(&staged)
-                    .context(|| format!("opening {}", staged.display()))?;
-                schema::migrate(&mut conn, TENANT, &format!("tenant {tenant}"))?;
-                drop(conn);
-                snapshot::seal(&staged)?;
-                std::fs::rename(&staged, &to)
-                    .context(|| format!("moving {} into place", staged.display()))?;
-                data_dir::sync_parent(&to)
-            });
-            if copied.is_err() {
-                data_dir::remove_database_files(&staged).ok();
-            }
-            copied
+            let (staged, _) = snapshot::take(&from, &staging, "clone")?;
+            let mut conn = rusqlite::Connection::open(staged.path())
+                .context(|| format!("opening {}", staged.path().display()))?;
+            schema::migrate(&mut conn, TENANT, &format!("tenant {tenant}"))?;
+            drop(conn);
+            snapshot::seal(staged.path())?;
+            std::fs::rename(staged.path(), &to)
+                .context(|| format!("moving {} into place", staged.path().display()))?;
+            staged.keep();
+            data_dir::sync_parent(&to)
         })
         .await
     }
@@ -399,24 +405,32 @@ impl Lifecycle {
     }
 
     /// Takes a consistent snapshot of a live tenant into
-    /// `backups/<id>/<time>.db`.
+    /// `backups/<id>/<time>.db`. A caller whose deadline passes before the
+    /// snapshot is in place hears that nothing was made, and nothing is.
     pub async fn backup(&self, id: TenantId) -> Result<Snapshot> {
-        let mut snapshot = self.snapshot(id).await?;
+        let staged = self.snapshot(id).await?;
         let dir = self.data_dir().tenant_backups_dir(id);
-        let dest = dir.join(format!("{}.db", data_dir::file_time(snapshot.time)));
-        let staged = snapshot.path.clone();
+        let dest = dir.join(format!("{}.db", data_dir::file_time(staged.time)));
         let moved = dest.clone();
+        let deadline = crate::deadline::current();
+        let StagedSnapshot {
+            file,
+            summary,
+            time,
+            ..
+        } = staged;
         run_blocking(move || {
             std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
-            std::fs::rename(&staged, &moved)
+            crate::deadline::commit(deadline.as_deref())?;
+            let path = file.keep();
+            std::fs::rename(&path, &moved)
+                .inspect_err(|_| {
+                    data_dir::remove_if_present(&path).ok();
+                })
                 .context(|| format!("moving a snapshot to {}", moved.display()))?;
             data_dir::sync_parent(&moved)
         })
-        .await
-        .inspect_err(|_| {
-            std::fs::remove_file(&snapshot.path).ok();
-        })?;
-        snapshot.path = dest;
+        .await?;
         self.registry
             .metrics()
             .backups
@@ -424,34 +438,39 @@ impl Lifecycle {
             .inc();
         let target = format!(
             "tenants/{id} -> {}",
-            self.data_dir().relative(&snapshot.path).display()
+            self.data_dir().relative(&dest).display()
         );
         self.catalog()
             .write(move |tx| audit(tx, "BackupTenant", &target, "OK"))
             .await?;
-        Ok(snapshot)
+        Ok(Snapshot {
+            tenant_id: id,
+            path: dest,
+            summary,
+            time,
+        })
     }
 
-    /// Takes a consistent snapshot of a live tenant into the staging folder;
-    /// the caller owns the file and removes it when done.
-    pub async fn snapshot(&self, id: TenantId) -> Result<Snapshot> {
+    /// Takes a consistent snapshot of a live tenant into the staging folder
+    /// (counted against its bound); the file is removed when the returned
+    /// snapshot is dropped.
+    pub async fn snapshot(&self, id: TenantId) -> Result<StagedSnapshot> {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
         let _held = self.registry.shared(id).await;
         let source = self.data_dir().tenant_file(id);
-        let dest = self.data_dir().staging_file("snapshot");
+        let staging = self.registry.staging().clone();
         let time = now_micros();
-        let path = dest.clone();
-        let summary = run_blocking(move || {
-            snapshot::take(&source, &dest).inspect_err(|_| {
-                data_dir::remove_database_files(&dest).ok();
-            })
+        let deadline = crate::deadline::current();
+        let (file, summary) = run_blocking(move || {
+            crate::deadline::check(deadline.as_deref())?;
+            snapshot::take(&source, &staging, "snapshot")
         })
         .await?;
-        Ok(Snapshot {
+        Ok(StagedSnapshot {
             tenant_id: id,
-            path,
+            file,
             summary,
             time,
         })
@@ -468,7 +487,7 @@ impl Lifecycle {
     pub async fn restore(
         &self,
         id: TenantId,
-        staged: PathBuf,
+        staged: StagedFile,
         action: &'static str,
         request: String,
         request_id: Option<uuid::Uuid>,
@@ -480,21 +499,10 @@ impl Lifecycle {
             request,
             request_id,
         };
-        let started = match self.operations.existing(self.catalog(), &call).await {
-            Ok(Some(started)) => Ok(started),
-            Ok(None) => self.start_restore(id, &staged, call).await,
-            Err(error) => Err(error),
-        };
-        let started = match started {
-            Ok(started) => started,
-            Err(error) => {
-                // Not recorded: the copy is still ours.
-                let staged = staged.clone();
-                run_blocking(move || data_dir::remove_database_files(&staged))
-                    .await
-                    .ok();
-                return Err(error);
-            }
+        // Unless an operation takes it over, the copy is removed with it.
+        let started = match self.operations.existing(self.catalog(), &call).await? {
+            Some(started) => started,
+            None => self.start_restore(id, staged, call).await?,
         };
         let kind = if action == "ImportTenant" {
             "import"
@@ -517,17 +525,16 @@ impl Lifecycle {
     async fn start_restore(
         &self,
         id: TenantId,
-        staged: &Path,
+        staged: StagedFile,
         call: Call,
     ) -> Result<operations::Started> {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
-        let path = staged.to_owned();
-        let (size_bytes, sha256, migrated) = run_blocking(move || {
-            let (size, sha256) = snapshot::file_sha256(&path)?;
-            let migrated = snapshot::check_and_upgrade(&path)?;
-            Ok((size, sha256, migrated))
+        let (staged, size_bytes, sha256, migrated) = run_blocking(move || {
+            let (size, sha256) = snapshot::file_sha256(staged.path())?;
+            let migrated = snapshot::check_and_upgrade(staged.path())?;
+            Ok((staged, size, sha256, migrated))
         })
         .await?;
         if let Some(max) = self.registry.pool_settings().max_bytes
@@ -548,10 +555,11 @@ impl Lifecycle {
         };
         let held = self.registry.exclusive(id).await;
         let time = now_micros();
-        let staging = file_name(staged);
+        let staging = file_name(staged.path());
         let trash = file_name(&self.data_dir().trash_file(id, time));
         let lifecycle = self.clone();
-        self.operations
+        let started = self
+            .operations
             .start(
                 self.catalog(),
                 call.clone(),
@@ -575,7 +583,10 @@ impl Lifecycle {
                     Ok(Done::Restored(restored))
                 },
             )
-            .await
+            .await?;
+        // Recorded: the operation moves the copy into place.
+        staged.keep();
+        Ok(started)
     }
 }
 

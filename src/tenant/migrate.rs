@@ -31,7 +31,9 @@ pub struct MigrationReport {
 impl Registry {
     /// Migrates every tenant the catalog records as older than this binary,
     /// `workers` at a time, sending one report per tenant as it finishes.
-    /// Stops starting new tenants once the receiver is gone.
+    /// Stops starting new tenants once the receiver is gone. Each tenant is
+    /// migrated on a task of its own, so that one started is finished (and
+    /// its file let go of) however slowly the reports are taken.
     pub async fn migrate_all(
         &self,
         workers: usize,
@@ -43,9 +45,13 @@ impl Registry {
             .await?;
         tracing::info!(tenants = pending.len(), workers, "migrating tenants");
         let mut running = futures::stream::iter(pending)
-            .map(|(tenant, recorded)| self.migrate_one(tenant, recorded))
+            .map(|(tenant, recorded)| {
+                let registry = self.clone();
+                tokio::spawn(async move { registry.migrate_one(tenant, recorded).await })
+            })
             .buffer_unordered(workers.max(1));
         while let Some(report) = running.next().await {
+            let report = report.context(|| "migrating a tenant".into())?;
             if reports.send(report).await.is_err() {
                 tracing::info!("the migration's receiver went away: stopping");
                 break;

@@ -43,6 +43,7 @@ use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::schema::{self, Migrated};
 use crate::sqlite::{self, Database, PoolSettings, run_blocking};
+use crate::staging::Staging;
 use crate::tenant::migrations::TENANT;
 use crate::weak_map::WeakMap;
 
@@ -51,6 +52,8 @@ pub struct RegistrySettings {
     pub max_open: u64,
     pub idle: Duration,
     pub pool: PoolSettings,
+    /// Most bytes of snapshots and uploads in the staging folder at once.
+    pub max_staging_bytes: u64,
 }
 
 /// A cheap, clone-able handle on the open tenants.
@@ -64,6 +67,7 @@ struct Inner {
     slots: Arc<Slots>,
     catalog: Catalog,
     data_dir: DataDir,
+    staging: Arc<Staging>,
     pool: PoolSettings,
     opens: AtomicU64,
     aside_reads: AtomicU64,
@@ -131,6 +135,7 @@ impl Registry {
                 open,
                 slots,
                 catalog,
+                staging: Staging::new(data_dir.staging_dir(), settings.max_staging_bytes),
                 data_dir,
                 pool: settings.pool,
                 opens: AtomicU64::new(0),
@@ -152,6 +157,11 @@ impl Registry {
 
     pub fn data_dir(&self) -> &DataDir {
         &self.inner.data_dir
+    }
+
+    /// The staging folder's budget, for snapshots and uploads being made.
+    pub fn staging(&self) -> &Arc<Staging> {
+        &self.inner.staging
     }
 
     pub fn pool_settings(&self) -> &PoolSettings {

@@ -9,12 +9,14 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
 use crate::schema::{self, Migrated};
+use crate::staging::{StagedFile, Staging};
 use crate::tenant::migrations::{TENANT, latest};
 
 /// What a finished snapshot file is.
@@ -29,13 +31,28 @@ pub struct FileSummary {
 const EXISTING: OpenFlags =
     OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
-/// Writes a consistent snapshot of the database at `source` to `dest`, a
-/// path that must not exist yet, and makes it durable. Blocking.
-pub fn take(source: &Path, dest: &Path) -> Result<FileSummary> {
+/// Writes a consistent snapshot of the database at `source` into a new
+/// file of the staging folder, reserving what the snapshot may take there
+/// (the database's size, which `VACUUM INTO` never exceeds), and makes it
+/// durable. Blocking.
+pub fn take(
+    source: &Path,
+    staging: &Arc<Staging>,
+    what: &str,
+) -> Result<(StagedFile, FileSummary)> {
     let conn = Connection::open_with_flags(source, EXISTING)
         .context(|| format!("opening {} for a snapshot", source.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .context(|| "setting a busy timeout".into())?;
+    let bytes: i64 = conn
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |row| row.get(0),
+        )
+        .context(|| format!("measuring {}", source.display()))?;
+    let staged = staging.reserve(what, bytes.max(0) as u64)?;
+    let dest = staged.path();
     let dest_text = dest.to_str().ok_or_else(|| {
         Error::internal("taking a snapshot", "the data directory path is not UTF-8")
     })?;
@@ -48,7 +65,8 @@ pub fn take(source: &Path, dest: &Path) -> Result<FileSummary> {
     })?;
     drop(conn);
     seal(dest)?;
-    summarize(dest)
+    let summary = summarize(dest)?;
+    Ok((staged, summary))
 }
 
 /// Switches a database file to the rollback journal (no `-wal` to carry

@@ -24,5 +24,6 @@ mod operations;
 mod registry;
 mod restart;
 mod search;
+mod streams;
 mod tenants;
 mod usage;
