@@ -20,12 +20,20 @@ pub fn to_timestamp(micros: Micros) -> prost_types::Timestamp {
     }
 }
 
+/// The first and last seconds a `Timestamp` may hold (AIP-142):
+/// 0001-01-01 and 9999-12-31.
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// Whether a stored time is one the API could have stored.
+pub fn is_valid(micros: Micros) -> bool {
+    (MIN_SECONDS * 1_000_000..(MAX_SECONDS + 1) * 1_000_000).contains(&micros)
+}
+
 /// A `Timestamp` as microseconds, if it is a valid one (AIP-142: between
 /// 0001-01-01 and 9999-12-31, nanoseconds in range). Sub-microsecond
 /// precision is dropped.
 pub fn from_timestamp(timestamp: &prost_types::Timestamp) -> Option<Micros> {
-    const MIN_SECONDS: i64 = -62_135_596_800;
-    const MAX_SECONDS: i64 = 253_402_300_799;
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds)
         || !(0..1_000_000_000).contains(&timestamp.nanos)
     {

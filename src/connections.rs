@@ -135,7 +135,8 @@ fn is_resource_error(error: &std::io::Error) -> bool {
 const ROOM_WAIT: Duration = Duration::from_millis(200);
 
 /// Serves gRPC over HTTP/2 on `listener` until `shutdown` completes, then
-/// drains the connections for at most `grace`.
+/// drains the connections for at most `grace`; false if calls were still in
+/// flight then.
 ///
 /// At the connection cap, a new connection takes the place of the least
 /// useful open one, if there is one: the oldest that has not finished its
@@ -150,7 +151,8 @@ pub async fn serve<S>(
     summaries: Arc<Summaries>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) where
+) -> bool
+where
     S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
         + Clone
         + Send
@@ -198,14 +200,16 @@ pub async fn serve<S>(
     // No new connections: the listener closes with the acceptor.
     drop(acceptor);
     let _ = drain.send(true);
-    if !open.wait_below(1, grace).await {
-        tracing::warn!(
-            ?grace,
-            "calls still in flight after the grace period: stopping anyway"
-        );
-        open.close_all();
-        open.wait_below(1, ROOM_WAIT).await;
+    if open.wait_below(1, grace).await {
+        return true;
     }
+    tracing::warn!(
+        ?grace,
+        "calls still in flight after the grace period: stopping anyway"
+    );
+    open.close_all();
+    open.wait_below(1, ROOM_WAIT).await;
+    false
 }
 
 /// The connections being served.

@@ -178,6 +178,16 @@ pub fn to_status(error: &Error) -> Status {
             status
         }
         Error::Recorded { code, message } => Status::new(*code, message.clone()),
+        Error::Internal { .. }
+            if error
+                .sqlite_code()
+                .is_some_and(|c| c.code == rusqlite::ffi::ErrorCode::OperationInterrupted) =>
+        {
+            Status::deadline_exceeded(
+                "the call's deadline passed while its statement ran: it was stopped, and \
+                 nothing was changed",
+            )
+        }
         Error::Internal { .. } => {
             tracing::error!(error = %error_chain(error), "internal error");
             Status::internal("internal error; the server log has the details")

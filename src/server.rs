@@ -90,6 +90,8 @@ impl OpenData {
                 pool: PoolSettings {
                     max_bytes: config.tenant_quota_bytes(),
                     inline_reads: config.inline_reads,
+                    // One switch stops the statements of both.
+                    stopping: catalog_pool.stopping.clone(),
                     ..PoolSettings::new(
                         config.tenant_connections,
                         config.tenant_cache_kib,
@@ -281,7 +283,7 @@ impl Application {
                 registry.clone(),
             ))
         });
-        crate::connections::serve(
+        let drained = crate::connections::serve(
             listener,
             service,
             config.connections(max_connections),
@@ -295,8 +297,13 @@ impl Application {
             metrics.abort();
         }
         // Operations whose callers are gone still run: let them end.
-        operations.drain(config.shutdown_grace()).await;
+        let finished = operations.drain(config.shutdown_grace()).await;
+        if !(drained && finished) {
+            // Past the grace period, no statement may hold up the stop.
+            registry.pool_settings().interrupt();
+        }
         registry.close_all().await;
+        registry.pool_settings().resume();
         tracing::info!("every tenant database is closed");
         if let Err(error) = registry.flush_accesses().await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");

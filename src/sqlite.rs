@@ -14,8 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::config::DbConfig;
+use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use scheduled_thread_pool::ScheduledThreadPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -52,6 +57,9 @@ pub struct PoolSettings {
     /// shared by every database keeps thousands of open tenants from costing
     /// thousands of threads.
     pub threads: Arc<ScheduledThreadPool>,
+    /// Set to interrupt every statement of these connections (at shutdown,
+    /// once the grace period is over); see [`PoolSettings::interrupt`].
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl PoolSettings {
@@ -70,13 +78,27 @@ impl PoolSettings {
                     .thread_name_pattern("sqlite-pool-{}")
                     .build(),
             ),
+            stopping: Arc::default(),
         }
+    }
+
+    /// Interrupts every statement running on these connections, and every
+    /// one started until [`PoolSettings::resume`]: at shutdown, so that no
+    /// statement outlives the grace period.
+    pub fn interrupt(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn resume(&self) {
+        self.stopping.store(false, Ordering::Relaxed);
     }
 
     /// Applies the per-connection settings. `journal_mode` is a property of
     /// the file and is set once, when it is created or first opened.
     fn configure(&self, conn: &Connection) -> rusqlite::Result<()> {
         shrink_lookaside(conn);
+        defend(conn, Some(self.stopping.clone()))?;
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
         conn.busy_timeout(self.busy_timeout)?;
         conn.execute_batch(&format!(
             "PRAGMA foreign_keys = ON;
@@ -96,6 +118,53 @@ impl PoolSettings {
         }
         Ok(())
     }
+}
+
+/// The largest string or blob a connection reads or writes: far above what
+/// the API lets anyone store, far below what would hurt the server.
+const MAX_VALUE_BYTES: i32 = 1 << 20;
+/// Statements check whether to stop every this many virtual machine steps.
+const PROGRESS_STEPS: i32 = 1000;
+
+thread_local! {
+    /// When statements run on this thread must stop: the deadline of the
+    /// call whose SQL runs here now, set by [`bounded`].
+    static STATEMENT_DEADLINE: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f`, whose statements run on this thread, so that any of them still
+/// running when `deadline` passes is interrupted (SQLite rolls back the
+/// statement, and its transaction if it writes): no SQL outlives its call.
+pub fn bounded<T>(deadline: Option<&Deadline>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<std::time::Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STATEMENT_DEADLINE.set(self.0);
+        }
+    }
+    let _restore = Restore(STATEMENT_DEADLINE.replace(deadline.map(|d| d.at().into_std())));
+    f()
+}
+
+/// Opens a connection defensively: the file's schema is not trusted (no
+/// functions with side effects from it), it cannot be written as data
+/// (`writable_schema`, direct page writes), triggers and views do not run
+/// (tenantry's databases have none), and statements stop when their call's
+/// deadline passes ([`bounded`]) or when `stopping` is set.
+pub fn defend(conn: &Connection, stopping: Option<Arc<AtomicBool>>) -> rusqlite::Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)?;
+    conn.progress_handler(
+        PROGRESS_STEPS,
+        Some(move || {
+            stopping.as_ref().is_some_and(|s| s.load(Ordering::Relaxed))
+                || STATEMENT_DEADLINE
+                    .get()
+                    .is_some_and(|at| std::time::Instant::now() >= at)
+        }),
+    )
 }
 
 /// Each connection's lookaside memory (SQLite's per-connection allocator for
@@ -379,7 +448,7 @@ impl Database {
         if inline && let Some(conn) = pool.try_get() {
             let result = deadline::check(deadline.as_deref())
                 .and_then(|()| check_in_place(&self.path, self.identity))
-                .and_then(|()| f(&conn));
+                .and_then(|()| bounded(deadline.as_deref(), || f(&conn)));
             // As below: the connection and the pool handle go before the
             // turn, so a retire holding every turn has nothing left open.
             drop(conn);
@@ -394,7 +463,7 @@ impl Database {
                 .and_then(|()| {
                     pool.get()
                         .context(|| "taking a database connection".into())
-                        .and_then(|conn| f(&conn))
+                        .and_then(|conn| bounded(deadline.as_deref(), || f(&conn)))
                 });
             // The connection is back in the pool before the turn ends, so a
             // retire that holds every turn knows no connection is in use.
@@ -753,7 +822,8 @@ where
         }
         // Kept means committed with the batch (or failed with it): from
         // here the caller hears how the commit ended, whatever the time.
-        let ran = f(tx).and_then(|value| deadline::commit(deadline).map(|()| value));
+        let ran = bounded(deadline, || f(tx))
+            .and_then(|value| deadline::commit(deadline).map(|()| value));
         match ran {
             Ok(value) => match savepoint(tx, "RELEASE queued_write") {
                 Ok(()) => {
@@ -803,7 +873,8 @@ fn write_now<T>(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context(|| "starting a write transaction".into())?;
-    let value = f(&tx)?;
+    // The statements stop at the deadline; the commit, once begun, does not.
+    let value = bounded(deadline, || f(&tx))?;
     deadline::commit(deadline)?;
     tx.commit()
         .context(|| "committing a write transaction".into())?;
@@ -1037,6 +1108,89 @@ mod tests {
             rows_in_file(dir.path()),
             2,
             "the writes queued behind the panic and after it"
+        );
+    }
+
+    /// A statement that never ends on its own.
+    fn forever(conn: &Connection) -> Result<i64> {
+        conn.query_row(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            [],
+            |row| row.get(0),
+        )
+        .context(|| "counting forever".into())
+    }
+
+    fn interrupted(result: &Result<i64>) -> bool {
+        result
+            .as_ref()
+            .err()
+            .and_then(Error::sqlite_code)
+            .is_some_and(|code| code.code == rusqlite::ffi::ErrorCode::OperationInterrupted)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_still_running_at_its_deadline_is_stopped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = database(dir.path());
+        let started = std::time::Instant::now();
+        let deadline = Deadline::new(tokio::time::Instant::now() + Duration::from_millis(200));
+        let read = deadline::scope(Some(deadline), db.read(forever)).await;
+        assert!(interrupted(&read), "{read:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let status = crate::error::to_status(&read.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        // A write too, and the database serves on.
+        let deadline = Deadline::new(tokio::time::Instant::now() + Duration::from_millis(200));
+        let write = deadline::scope(
+            Some(deadline),
+            db.write(|tx| {
+                insert(tx, 1)?;
+                forever(tx)
+            }),
+        )
+        .await;
+        assert!(interrupted(&write), "{write:?}");
+        db.write(|tx| insert(tx, 2)).await.unwrap();
+        assert_eq!(
+            rows_in_file(dir.path()),
+            1,
+            "the interrupted write was undone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_interrupts_statements_that_have_no_deadline() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let settings = PoolSettings::new(2, 256, Duration::from_secs(5));
+        let db = database_with(dir.path(), settings.clone());
+        let (started, running) = tokio::sync::oneshot::channel();
+        let reading = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.read(move |conn| {
+                    started.send(()).unwrap();
+                    forever(conn)
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        settings.interrupt();
+        let read = reading.await.unwrap();
+        assert!(interrupted(&read), "{read:?}");
+        settings.resume();
+        assert_eq!(
+            db.read(|conn| conn
+                .query_row("SELECT 7", [], |r| r.get::<_, i64>(0))
+                .context(|| "seven".into()))
+                .await
+                .unwrap(),
+            7
         );
     }
 

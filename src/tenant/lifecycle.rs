@@ -465,7 +465,9 @@ impl Lifecycle {
         let deadline = crate::deadline::current();
         let (file, summary) = run_blocking(move || {
             crate::deadline::check(deadline.as_deref())?;
-            snapshot::take(&source, &staging, "snapshot")
+            crate::sqlite::bounded(deadline.as_deref(), || {
+                snapshot::take(&source, &staging, "snapshot")
+            })
         })
         .await?;
         Ok(StagedSnapshot {
@@ -531,9 +533,10 @@ impl Lifecycle {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
+        let deadline = crate::deadline::current();
         let (staged, size_bytes, sha256, migrated) = run_blocking(move || {
             let (size, sha256) = snapshot::file_sha256(staged.path())?;
-            let migrated = snapshot::check_and_upgrade(staged.path())?;
+            let migrated = snapshot::check_and_upgrade(staged.path(), deadline.as_deref())?;
             Ok((staged, size, sha256, migrated))
         })
         .await?;

@@ -85,8 +85,9 @@ impl Registry {
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .context(|| format!("opening {}", path.display()))?;
-            conn.busy_timeout(busy_timeout)
-                .context(|| "setting a busy timeout".into())?;
+            sqlite::defend(&conn, None)
+                .and_then(|()| conn.busy_timeout(busy_timeout))
+                .context(|| format!("opening {}", path.display()))?;
             let migrated = sqlite::set_wal(&conn)
                 .and_then(|()| schema::migrate(&mut conn, TENANT, &format!("tenant {tenant}")));
             drop(conn);

@@ -223,8 +223,8 @@ impl Operations {
 
     /// Waits until no operation runs in this process, for at most `grace`:
     /// at shutdown, before the tenants are closed. Whatever still runs then
-    /// is finished at the next start.
-    pub async fn drain(&self, grace: Duration) {
+    /// is finished at the next start; false if any does.
+    pub async fn drain(&self, grace: Duration) -> bool {
         let waiting: Vec<watch::Receiver<Option<Outcome>>> =
             self.running().values().map(|r| r.done.clone()).collect();
         let all = async {
@@ -232,12 +232,14 @@ impl Operations {
                 let _ = done.wait_for(Option::is_some).await;
             }
         };
-        if tokio::time::timeout(grace, all).await.is_err() {
+        let finished = tokio::time::timeout(grace, all).await.is_ok();
+        if !finished {
             tracing::warn!(
                 ?grace,
                 "operations still running after the grace period: the next start finishes them"
             );
         }
+        finished
     }
 
     /// An operation by id, as recorded.

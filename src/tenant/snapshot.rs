@@ -11,9 +11,11 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
+use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
 use crate::schema::{self, Migrated};
 use crate::staging::{StagedFile, Staging};
@@ -42,8 +44,9 @@ pub fn take(
 ) -> Result<(StagedFile, FileSummary)> {
     let conn = Connection::open_with_flags(source, EXISTING)
         .context(|| format!("opening {} for a snapshot", source.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))
-        .context(|| "setting a busy timeout".into())?;
+    crate::sqlite::defend(&conn, None)
+        .and_then(|()| conn.busy_timeout(std::time::Duration::from_secs(30)))
+        .context(|| format!("opening {} for a snapshot", source.display()))?;
     let bytes: i64 = conn
         .query_row(
             "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
@@ -74,6 +77,7 @@ pub fn take(
 pub fn seal(path: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(path, EXISTING)
         .context(|| format!("opening {}", path.display()))?;
+    crate::sqlite::defend(&conn, None).context(|| format!("opening {}", path.display()))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "DELETE", |row| row.get(0))
         .context(|| format!("setting the journal mode of {}", path.display()))?;
@@ -96,6 +100,7 @@ pub fn summarize(path: &Path) -> Result<FileSummary> {
     let (size_bytes, sha256) = file_sha256(path)?;
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .context(|| format!("opening {}", path.display()))?;
+    crate::sqlite::defend(&conn, None).context(|| format!("opening {}", path.display()))?;
     let schema_version =
         schema::version(&conn).context(|| format!("reading the version of {}", path.display()))?;
     Ok(FileSummary {
@@ -127,26 +132,96 @@ pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// The most objects (tables, indexes) a tenant schema has in
+/// `sqlite_schema`; far more than tenantry's, far fewer than would cost
+/// memory to parse.
+const MAX_SCHEMA_ROWS: u16 = 64;
+/// The longest statement a snapshot's schema may hold.
+const MAX_SCHEMA_SQL_BYTES: i32 = 16 * 1024;
+
 /// Checks that the file at `path` (a private copy: this may modify it) is a
-/// tenant database this server can serve, then brings it to the current
-/// schema and seals it. Anything wrong with the file is INVALID_ARGUMENT,
-/// except a schema newer than this server's, which is FAILED_PRECONDITION.
-/// Blocking.
-pub fn check_and_upgrade(path: &Path) -> Result<Migrated> {
-    let mut magic = [0u8; 16];
-    let is_sqlite = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == SQLITE_MAGIC;
-    if !is_sqlite {
-        return Err(not_valid("it is not a SQLite database file"));
-    }
+/// tenant database this server could have made, then brings it to the
+/// current schema and seals it. A snapshot from outside is hostile until
+/// checked, so the check reads the file before SQLite parses its schema,
+/// opens it defensively, and then requires exactly tenantry's own schema at
+/// the file's version (every object, `sqlite_*` ones included, its SQL
+/// word for word: no trigger, view or index of its own can survive) and
+/// rows that the API could have written. Statements stop at `deadline`.
+/// Anything wrong with the file is INVALID_ARGUMENT, except a schema newer
+/// than this server's, which is FAILED_PRECONDITION. Blocking.
+pub fn check_and_upgrade(path: &Path, deadline: Option<&Deadline>) -> Result<Migrated> {
+    check_header(path)?;
     let mut conn = Connection::open_with_flags(path, EXISTING)
         .map_err(|e| not_valid(&format!("it does not open as a SQLite database ({e})")))?;
-    // Nothing in the file runs while it is checked: no triggers or views of
-    // its own can call functions with side effects.
-    conn.execute_batch("PRAGMA trusted_schema = OFF;")
+    crate::sqlite::defend(&conn, None).context(|| "configuring a snapshot check".into())?;
+    conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SCHEMA_SQL_BYTES)
         .context(|| "configuring a snapshot check".into())?;
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 1 << 20)
+        .context(|| "configuring a snapshot check".into())?;
+    let version = crate::sqlite::bounded(deadline, || check_contents(&conn))?;
+    crate::deadline::check(deadline)?;
+    let migrated = schema::migrate(&mut conn, TENANT, "the snapshot")?;
+    if migrated.from != version {
+        return Err(not_valid("its schema version changed while it was checked"));
+    }
+    conn.close()
+        .map_err(|(_, e)| e)
+        .context(|| format!("closing {}", path.display()))?;
+    seal(path)?;
+    Ok(migrated)
+}
+
+/// What the file says of itself before SQLite reads its schema: a SQLite
+/// file, whose schema table fits on its first page with few rows (so that
+/// parsing it costs little, however crafted).
+fn check_header(path: &Path) -> Result<()> {
+    let mut header = [0u8; 108];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    if read.is_err() || &header[..16] != SQLITE_MAGIC {
+        return Err(not_valid("it is not a SQLite database file"));
+    }
+    // The b-tree page header of page 1, the schema table, after the 100
+    // bytes of the file header: a leaf table page, and its cell count.
+    const LEAF_TABLE: u8 = 0x0d;
+    let cells = u16::from_be_bytes([header[103], header[104]]);
+    if header[100] != LEAF_TABLE || cells > MAX_SCHEMA_ROWS {
+        return Err(not_valid(
+            "its schema holds far more objects than tenantry's ever does",
+        ));
+    }
+    // Text encoding (1 is UTF-8).
+    if u32::from_be_bytes([header[56], header[57], header[58], header[59]]) > 1 {
+        return Err(not_valid("its text is not UTF-8"));
+    }
+    Ok(())
+}
+
+/// The checks that read through SQLite; the file's schema version.
+fn check_contents(conn: &Connection) -> Result<u32> {
+    let version = schema::version(conn)
+        .map_err(|e| not_valid(&format!("its schema cannot be read ({e})")))?;
+    if version == 0 {
+        return Err(not_valid("it has no tenantry schema (schema version 0)"));
+    }
+    if version > latest() {
+        return Err(Error::FailedPrecondition(format!(
+            "the snapshot has schema version {version}, newer than this server's {}: \
+             upgrade tenantry before restoring it",
+            latest()
+        )));
+    }
+    // The schema first: the integrity check evaluates the file's
+    // constraints, which must be tenantry's own before anything runs them.
+    let expected = reference_schema(version)?;
+    let found =
+        schema_of(conn).map_err(|e| not_valid(&format!("its schema cannot be read ({e})")))?;
+    if found != expected {
+        let missing: Vec<_> = expected.iter().filter(|o| !found.contains(o)).collect();
+        let extra: Vec<_> = found.iter().filter(|o| !expected.contains(o)).collect();
+        return Err(not_valid(&format!(
+            "its schema is not tenantry's schema version {version} (missing: {missing:?}; unexpected: {extra:?})"
+        )));
+    }
     let problems: Vec<String> = conn
         .prepare("PRAGMA integrity_check(5)")
         .and_then(|mut s| {
@@ -160,33 +235,118 @@ pub fn check_and_upgrade(path: &Path) -> Result<Migrated> {
             problems.join("; ")
         )));
     }
-    let version = schema::version(&conn)
-        .map_err(|e| not_valid(&format!("its schema version cannot be read ({e})")))?;
-    if version == 0 {
-        return Err(not_valid("it has no tenantry schema (schema version 0)"));
-    }
-    if version > latest() {
-        return Err(Error::FailedPrecondition(format!(
-            "the snapshot has schema version {version}, newer than this server's {}: \
-             upgrade tenantry before restoring it",
-            latest()
-        )));
-    }
-    let expected = reference_schema(version)?;
-    let found = schema_of(&conn).context(|| "reading the schema of a snapshot".into())?;
-    if found != expected {
-        let missing: Vec<_> = expected.iter().filter(|o| !found.contains(o)).collect();
-        let extra: Vec<_> = found.iter().filter(|o| !expected.contains(o)).collect();
+    check_rows(conn, version)?;
+    Ok(version)
+}
+
+/// Every row must be one the API could have written: ids that are
+/// canonical UUIDs, titles and descriptions within the API's limits, flags,
+/// revisions and times in range, audit events naming real actions and
+/// actors. Sizes are bounded first, so that no oversized value is ever
+/// loaded.
+fn check_rows(conn: &Connection, version: u32) -> Result<()> {
+    let bad =
+        |what: &str, e: rusqlite::Error| not_valid(&format!("its {what} cannot be read ({e})"));
+    let oversized: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM items WHERE octet_length(id) <> 36
+                 OR octet_length(title) > {} OR octet_length(description) > {}",
+                crate::items::MAX_TITLE_CHARS * 4,
+                crate::items::MAX_DESCRIPTION_CHARS * 4
+            ),
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| bad("items", e))?;
+    if oversized > 0 {
         return Err(not_valid(&format!(
-            "its schema is not tenantry's schema version {version} (missing: {missing:?}; unexpected: {extra:?})"
+            "{oversized} of its items have fields longer than the API allows"
         )));
     }
-    let migrated = schema::migrate(&mut conn, TENANT, "the snapshot")?;
-    conn.close()
-        .map_err(|(_, e)| e)
-        .context(|| format!("closing {}", path.display()))?;
-    seal(path)?;
-    Ok(migrated)
+    let due = if version >= 2 { "due_time" } else { "NULL" };
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT id, title, description, completed, create_time, update_time, revision, {due}
+             FROM items"
+        ))
+        .map_err(|e| bad("items", e))?;
+    let mut rows = statement.query([]).map_err(|e| bad("items", e))?;
+    while let Some(row) = rows.next().map_err(|e| bad("items", e))? {
+        let item = (|| -> rusqlite::Result<_> {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                [row.get::<_, i64>(4)?, row.get::<_, i64>(5)?],
+                row.get::<_, i64>(6)?,
+                row.get::<_, Option<i64>>(7)?,
+            ))
+        })()
+        .map_err(|e| bad("items", e))?;
+        let (id, title, description, completed, times, revision, due_time) = item;
+        let valid = crate::ids::parse_canonical_uuid("id", &id).is_ok()
+            && crate::items::check_title("title", &title).is_ok()
+            && crate::items::check_description("description", &description).is_ok()
+            && (0..=1).contains(&completed)
+            && times.iter().all(|t| crate::clock::is_valid(*t))
+            && revision >= 1
+            && due_time.is_none_or(crate::clock::is_valid);
+        if !valid {
+            return Err(not_valid(&format!(
+                "item {} is not one the API could have stored",
+                crate::api::audited::clip(&id)
+            )));
+        }
+    }
+    if version < 3 {
+        return Ok(());
+    }
+    let oversized: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_events
+             WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36
+                OR octet_length(actor) > 64",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| bad("audit trail", e))?;
+    if oversized > 0 {
+        return Err(not_valid(&format!(
+            "{oversized} of its audit events have fields longer than tenantry writes"
+        )));
+    }
+    let mut statement = conn
+        .prepare("SELECT time, action, item_id, actor FROM audit_events")
+        .map_err(|e| bad("audit trail", e))?;
+    let mut rows = statement.query([]).map_err(|e| bad("audit trail", e))?;
+    while let Some(row) = rows.next().map_err(|e| bad("audit trail", e))? {
+        let event = (|| -> rusqlite::Result<_> {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })()
+        .map_err(|e| bad("audit trail", e))?;
+        let (time, action, item, actor) = event;
+        let actor_ok = actor == "admin"
+            || actor
+                .strip_prefix("keys/")
+                .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
+        let valid = crate::clock::is_valid(time)
+            && ["CreateItem", "UpdateItem", "DeleteItem"].contains(&action.as_str())
+            && crate::ids::parse_canonical_uuid("item_id", &item).is_ok()
+            && actor_ok;
+        if !valid {
+            return Err(not_valid(
+                "its audit trail holds an event tenantry would not have written",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn not_valid(why: &str) -> Error {
@@ -196,31 +356,19 @@ fn not_valid(why: &str) -> Error {
     )
 }
 
-/// Every schema object and every table column, as `type name` strings:
-/// what two databases at the same version must agree on.
-fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut objects: Vec<String> = conn
-        .prepare(
-            "SELECT type || ' ' || name FROM sqlite_schema
-             WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-        )?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let columns: Vec<String> = conn
-        .prepare(
-            "SELECT 'column ' || t.name || '.' || c.name || ' ' || c.type || ' ' || c.\"notnull\" || ' ' || c.pk
-             FROM sqlite_schema t, pragma_table_info(t.name) c
-             WHERE t.type = 'table' AND t.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-        )?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    objects.extend(columns);
-    objects.sort();
-    Ok(objects)
+/// Every row of `sqlite_schema` but its root pages, `sqlite_*` objects
+/// included, in order: what two databases at the same version must agree
+/// on, word for word.
+fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<[Option<String>; 4]>> {
+    conn.prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")?
+        .query_map([], |row| {
+            Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?])
+        })?
+        .collect()
 }
 
 /// The schema a database made by this binary has at `version`.
-fn reference_schema(version: u32) -> Result<Vec<String>> {
+fn reference_schema(version: u32) -> Result<Vec<[Option<String>; 4]>> {
     let mut conn =
         Connection::open_in_memory().context(|| "opening a reference database".into())?;
     schema::migrate(

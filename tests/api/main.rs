@@ -24,6 +24,7 @@ mod operations;
 mod registry;
 mod restart;
 mod search;
+mod snapshots;
 mod streams;
 mod tenants;
 mod usage;
