@@ -1,6 +1,6 @@
 //! `tenantry.v1.TenantService`: the admin API over tenants and their keys.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
@@ -12,14 +12,12 @@ use crate::audit::{self, AdminCall, record_admin_call};
 use crate::auth::NewApiKey;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState, store};
 use crate::clock::{now_micros, to_timestamp};
-use crate::data_dir::DataDir;
 use crate::error::{Context, Error, OPERATION_METADATA, Result, code_name};
 use crate::ids::{TenantId, TenantName, parse_canonical_uuid};
 use crate::pagination::{self, Cursor};
 use crate::pb::{self, tenant_service_server::TenantService};
-use crate::sqlite::run_blocking;
 use crate::tenant::Registry;
-use crate::tenant::lifecycle::{Lifecycle, Snapshot, TenantChanges};
+use crate::tenant::lifecycle::{Lifecycle, Snapshot, Source, TenantChanges};
 use crate::tenant::migrate::MigrationReport;
 use crate::tenant::operations::Restored;
 use crate::tenant::usage::Usage;
@@ -462,23 +460,10 @@ impl TenantService for TenantApi {
         let Some(pb::restore_tenant_request::Source::BackupPath(backup_path)) = query.source else {
             return Err(Error::invalid("source", "is required: set backup_path").into());
         };
-        let data_dir = self.lifecycle.registry().data_dir().clone();
-        let staging = self.lifecycle.registry().staging().clone();
-        let (staged, source) = run_blocking(move || {
-            let source = resolve_backup_path(&data_dir, &backup_path)?;
-            let size = std::fs::metadata(&source)
-                .context(|| format!("reading {}", source.display()))?
-                .len();
-            let staged = staging.reserve("restore", size)?;
-            std::fs::copy(&source, staged.path())
-                .context(|| format!("copying {}", source.display()))?;
-            Ok((staged, source))
-        })
-        .await?;
-        let request = source.display().to_string();
+        let (source, path) = self.lifecycle.stage_backup(id, backup_path).await?;
         let (operation, restored) = self
             .lifecycle
-            .restore(id, staged, "RestoreTenant", request, request_id)
+            .restore(id, source, "RestoreTenant", path, request_id)
             .await?;
         tracing::info!(tenant = %id, sha256 = restored.sha256, %operation, "restored tenant");
         Ok(of_operation(operation, restored_to_pb(&restored)))
@@ -490,11 +475,16 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::RestoreTenantResponse>, Status> {
         let mut upload = request.into_inner();
         let mut staged = self.lifecycle.registry().staging().reserve("import", 0)?;
-        let (id, sha256, request_id) =
+        let (id, size_bytes, sha256, request_id) =
             receive_upload(&mut upload, &mut staged, self.settings.max_import_bytes).await?;
+        let source = Source {
+            file: staged,
+            size_bytes,
+            sha256: sha256.clone(),
+        };
         let (operation, restored) = self
             .lifecycle
-            .restore(id, staged, "ImportTenant", sha256, request_id)
+            .restore(id, source, "ImportTenant", sha256, request_id)
             .await?;
         tracing::info!(tenant = %id, sha256 = restored.sha256, %operation, "imported tenant");
         Ok(of_operation(operation, restored_to_pb(&restored)))
@@ -853,13 +843,13 @@ async fn stream_file(
 }
 
 /// Writes an ImportTenant upload to `staged`, checking its size and, when
-/// given, its SHA-256. Returns the tenant it is for, the digest and the
-/// client's request id.
+/// given, its SHA-256. Returns the tenant it is for, the upload's size and
+/// digest, and the client's request id.
 async fn receive_upload(
     upload: &mut Streaming<pb::ImportTenantRequest>,
     staged: &mut crate::staging::StagedFile,
     max_bytes: u64,
-) -> Result<(TenantId, String, Option<uuid::Uuid>)> {
+) -> Result<(TenantId, u64, String, Option<uuid::Uuid>)> {
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
     let first = upload
@@ -921,54 +911,5 @@ async fn receive_upload(
             ),
         ));
     }
-    Ok((id, digest, request_id))
-}
-
-/// The file a RestoreTenant `backup_path` names, which must lie inside the
-/// data directory's backups folder (symbolic links included). Blocking.
-fn resolve_backup_path(data_dir: &DataDir, text: &str) -> Result<PathBuf> {
-    const FIELD: &str = "backup_path";
-    let outside = || {
-        Error::invalid(
-            FIELD,
-            "must name a file inside the backups folder of the data directory, such as backups/<tenant id>/<time>.db",
-        )
-    };
-    if text.is_empty() {
-        return Err(Error::invalid(FIELD, "is required"));
-    }
-    let given = Path::new(text);
-    if given
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(outside());
-    }
-    let root =
-        std::path::absolute(data_dir.root()).context(|| "resolving the data directory".into())?;
-    let path = if given.is_absolute() {
-        given.to_owned()
-    } else {
-        root.join(given)
-    };
-    let backups = root.join("backups");
-    if !path.starts_with(&backups) {
-        return Err(outside());
-    }
-    let real = match std::fs::canonicalize(&path) {
-        Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotFound(format!("backup {text} does not exist")));
-        }
-        Err(e) => return Err(e).context(|| format!("resolving {}", path.display())),
-    };
-    let real_backups =
-        std::fs::canonicalize(&backups).context(|| format!("resolving {}", backups.display()))?;
-    if !real.starts_with(&real_backups) {
-        return Err(outside());
-    }
-    if !real.is_file() {
-        return Err(Error::invalid(FIELD, "must name a file, not a folder"));
-    }
-    Ok(real)
+    Ok((id, size, digest, request_id))
 }

@@ -86,7 +86,7 @@ pub const CATALOG: &[Migration] = &[
     ",
     },
     Migration {
-        description: "lifecycle operations with their outcomes",
+        description: "lifecycle operations with their outcomes; backups made",
         sql: "
         -- Every lifecycle operation on a tenant's files (create, delete,
         -- purge, restore): recorded once it holds the tenant, run to its end
@@ -131,6 +131,19 @@ pub const CATALOG: &[Migration] = &[
                    staging_file, trash_file, 'running', start_time
             FROM tenant_operations;
         DROP TABLE tenant_operations;
+
+        -- The snapshots BackupTenant made: a restore takes only these, into
+        -- their own tenant, and only while their bytes are as recorded.
+        CREATE TABLE backups (
+            -- relative to the data directory: backups/<tenant id>/<time>.db
+            path           TEXT PRIMARY KEY,
+            tenant_id      TEXT NOT NULL,
+            size_bytes     INTEGER NOT NULL,
+            sha256         TEXT NOT NULL,
+            schema_version INTEGER NOT NULL,
+            create_time    INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX backups_tenant ON backups (tenant_id);
     ",
     },
 ];

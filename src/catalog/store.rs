@@ -451,6 +451,65 @@ pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<(
     Ok(())
 }
 
+/// A snapshot BackupTenant made, as recorded.
+#[derive(Clone, Debug)]
+pub struct BackupRecord {
+    /// Relative to the data directory: `backups/<tenant id>/<time>.db`.
+    pub path: String,
+    pub tenant_id: TenantId,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub schema_version: u32,
+    pub create_time: Micros,
+}
+
+pub fn insert_backup(conn: &Connection, backup: &BackupRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO backups (path, tenant_id, size_bytes, sha256, schema_version, create_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            backup.path,
+            backup.tenant_id.to_string(),
+            backup.size_bytes as i64,
+            backup.sha256,
+            backup.schema_version,
+            backup.create_time
+        ],
+    )
+    .context(|| format!("recording backup {}", backup.path))?;
+    Ok(())
+}
+
+pub fn get_backup(conn: &Connection, path: &str) -> Result<Option<BackupRecord>> {
+    conn.query_row(
+        "SELECT path, tenant_id, size_bytes, sha256, schema_version, create_time
+         FROM backups WHERE path = ?1",
+        [path],
+        |row| {
+            Ok(BackupRecord {
+                path: row.get(0)?,
+                tenant_id: parse_tenant_id(&row.get::<_, String>(1)?)?,
+                size_bytes: row.get::<_, i64>(2)?.max(0) as u64,
+                sha256: row.get(3)?,
+                schema_version: row.get(4)?,
+                create_time: row.get(5)?,
+            })
+        },
+    )
+    .optional()
+    .context(|| format!("reading backup {path}"))
+}
+
+/// Forgets every backup of a tenant: its files are erased.
+pub fn delete_backups_of(conn: &Connection, tenant: TenantId) -> Result<()> {
+    conn.execute(
+        "DELETE FROM backups WHERE tenant_id = ?1",
+        [tenant.to_string()],
+    )
+    .context(|| format!("forgetting the backups of tenant {tenant}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

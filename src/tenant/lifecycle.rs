@@ -436,13 +436,31 @@ impl Lifecycle {
             .backups
             .get_or_create(&KindLabels { kind: "backup" })
             .inc();
-        let target = format!(
-            "tenants/{id} -> {}",
-            self.data_dir().relative(&dest).display()
-        );
-        self.catalog()
-            .write(move |tx| audit(tx, "BackupTenant", &target, "OK"))
-            .await?;
+        let relative = self.data_dir().relative(&dest).display().to_string();
+        let target = format!("tenants/{id} -> {relative}");
+        let record = store::BackupRecord {
+            path: relative,
+            tenant_id: id,
+            size_bytes: summary.size_bytes,
+            sha256: summary.sha256.clone(),
+            schema_version: summary.schema_version,
+            create_time: time,
+        };
+        let recorded = self
+            .catalog()
+            .write(move |tx| {
+                store::insert_backup(tx, &record)?;
+                audit(tx, "BackupTenant", &target, "OK")
+            })
+            .await;
+        if let Err(error) = recorded {
+            // Unrecorded, it could never be restored: it does not stay.
+            let dest = dest.clone();
+            run_blocking(move || data_dir::remove_if_present(&dest))
+                .await
+                .ok();
+            return Err(error);
+        }
         Ok(Snapshot {
             tenant_id: id,
             path: dest,
@@ -489,7 +507,7 @@ impl Lifecycle {
     pub async fn restore(
         &self,
         id: TenantId,
-        staged: StagedFile,
+        staged: Source,
         action: &'static str,
         request: String,
         request_id: Option<uuid::Uuid>,
@@ -527,17 +545,21 @@ impl Lifecycle {
     async fn start_restore(
         &self,
         id: TenantId,
-        staged: StagedFile,
+        source: Source,
         call: Call,
     ) -> Result<operations::Started> {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
         let deadline = crate::deadline::current();
-        let (staged, size_bytes, sha256, migrated) = run_blocking(move || {
-            let (size, sha256) = snapshot::file_sha256(staged.path())?;
+        let Source {
+            file: staged,
+            size_bytes,
+            sha256,
+        } = source;
+        let (staged, migrated) = run_blocking(move || {
             let migrated = snapshot::check_and_upgrade(staged.path(), deadline.as_deref())?;
-            Ok((staged, size, sha256, migrated))
+            Ok((staged, migrated))
         })
         .await?;
         if let Some(max) = self.registry.pool_settings().max_bytes
@@ -591,6 +613,175 @@ impl Lifecycle {
         staged.keep();
         Ok(started)
     }
+}
+
+/// A snapshot to restore: a private copy in the staging folder, with the
+/// size and SHA-256 of the bytes as they were given.
+pub struct Source {
+    pub file: StagedFile,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+impl Lifecycle {
+    /// A private copy of tenant `id`'s backup at `path` (relative to the
+    /// data directory, or absolute), for a restore; and the backup's path as
+    /// recorded. The backup must be this tenant's own (another tenant's is
+    /// INVALID_ARGUMENT: data moves between tenants only as a copy or an
+    /// import, acts the audit names as such), a regular file with no other
+    /// link, made by BackupTenant and unchanged since.
+    pub async fn stage_backup(&self, id: TenantId, path: String) -> Result<(Source, String)> {
+        let data_dir = self.data_dir().clone();
+        let (file, relative) = run_blocking(move || open_backup(&data_dir, id, &path)).await?;
+        let name = relative.clone();
+        let record = self
+            .catalog()
+            .read(move |conn| store::get_backup(conn, &name))
+            .await?
+            .filter(|record| record.tenant_id == id)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "backup_path",
+                    "was not made by BackupTenant: restore only the backups it made, and put \
+                     a snapshot from elsewhere into a tenant with ImportTenant",
+                )
+            })?;
+        let staging = self.registry.staging().clone();
+        let source = run_blocking(move || {
+            let staged = staging.reserve("restore", record.size_bytes)?;
+            let (size_bytes, sha256) = copy_with_digest(file, staged.path())?;
+            if sha256 != record.sha256 || size_bytes != record.size_bytes {
+                return Err(Error::invalid(
+                    "backup_path",
+                    "has changed since BackupTenant made it (its SHA-256 is not the one \
+                     recorded): it is not restored",
+                ));
+            }
+            Ok(Source {
+                file: staged,
+                size_bytes,
+                sha256,
+            })
+        })
+        .await?;
+        Ok((source, relative))
+    }
+}
+
+/// Opens tenant `id`'s backup at `text` without following links: its
+/// descriptor, and its path relative to the data directory. Blocking.
+fn open_backup(data_dir: &DataDir, id: TenantId, text: &str) -> Result<(std::fs::File, String)> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::path::Component;
+    const FIELD: &str = "backup_path";
+    let outside = || {
+        Error::invalid(
+            FIELD,
+            "must name a file inside the backups folder of the data directory, such as \
+             backups/<tenant id>/<time>.db",
+        )
+    };
+    if text.is_empty() {
+        return Err(Error::invalid(FIELD, "is required"));
+    }
+    let root =
+        std::path::absolute(data_dir.root()).context(|| "resolving the data directory".into())?;
+    let given = Path::new(text);
+    let path = if given.is_absolute() {
+        given.to_owned()
+    } else {
+        root.join(given)
+    };
+    let relative = path.strip_prefix(&root).map_err(|_| outside())?;
+    let parts: Vec<Component> = relative.components().collect();
+    let [
+        Component::Normal(backups),
+        Component::Normal(owner),
+        Component::Normal(name),
+    ] = parts.as_slice()
+    else {
+        return Err(outside());
+    };
+    if *backups != "backups" {
+        return Err(outside());
+    }
+    if *owner != id.to_string().as_str() {
+        return Err(Error::invalid(
+            FIELD,
+            "is not a backup of this tenant: a backup is restored into its own tenant only; to \
+             move data between tenants, make a copy (CreateTenant with source_tenant_id) or \
+             import an export (ImportTenant)",
+        ));
+    }
+    // The folders on the way must be the data directory's own, not links.
+    for dir in [root.join("backups"), root.join("backups").join(owner)] {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(outside()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("backup {text} does not exist")));
+            }
+            Err(e) => return Err(e).context(|| format!("reading {}", dir.display())),
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!("backup {text} does not exist")));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::invalid(
+                FIELD,
+                "is a symbolic link: only the files BackupTenant made are restored",
+            ));
+        }
+        Err(e) => return Err(e).context(|| format!("opening {}", path.display())),
+    };
+    // Checked through the descriptor: what was opened is what is copied.
+    let meta = file
+        .metadata()
+        .context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::invalid(FIELD, "must name a file, not a folder"));
+    }
+    if meta.nlink() != 1 {
+        return Err(Error::invalid(
+            FIELD,
+            "has other links to it (it may be another file, such as a live tenant's): only \
+             the files BackupTenant made are restored",
+        ));
+    }
+    Ok((file, format!("backups/{id}/{}", name.to_string_lossy())))
+}
+
+/// Copies `from` into a new file at `to`, durably; the bytes copied and
+/// their SHA-256. Blocking.
+fn copy_with_digest(mut from: std::fs::File, to: &Path) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut out = std::fs::File::create_new(to).context(|| format!("creating {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = from
+            .read(&mut buffer)
+            .context(|| "reading a backup".into())?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        out.write_all(&buffer[..read])
+            .context(|| format!("writing {}", to.display()))?;
+        size += read as u64;
+    }
+    out.sync_all()
+        .context(|| format!("syncing {}", to.display()))?;
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// A new operation's record, from the call that starts it.
@@ -705,6 +896,7 @@ fn finish_delete(
             data_dir::remove_database_files(&file)?;
             data_dir::sync_parent(&file)?;
             erase_copies(data_dir, id)?;
+            catalog.write_now(|tx| store::delete_backups_of(tx, id))?;
         }
         _ => {
             if file.exists() {

@@ -413,24 +413,96 @@ async fn a_bad_snapshot_is_refused_and_the_tenant_keeps_its_data() {
 }
 
 #[tokio::test]
-async fn an_older_snapshot_is_migrated_up_when_restored() {
+async fn an_older_snapshot_is_migrated_up_when_imported() {
     let server = spawn().await;
     let acme = server.tenant("acme").await;
-    let dir = server.data_dir().join("backups").join(&acme.id);
-    std::fs::create_dir_all(&dir).unwrap();
-    write_v1_tenant(&dir.join("old.db"), &["from", "the past"]);
-    let restored = server
-        .admin()
-        .await
-        .restore_tenant(as_admin(restore_from(
-            &acme,
-            &format!("backups/{}/old.db", acme.id),
-        )))
+    let scratch = tempfile::TempDir::new().unwrap();
+    let old = scratch.path().join("old.db");
+    write_v1_tenant(&old, &["from", "the past"]);
+    let bytes = std::fs::read(&old).unwrap();
+    let imported = import(&server, &acme, &bytes, &sha256_hex(&bytes))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((restored.from_version, restored.to_version), (1, latest()));
+    assert_eq!((imported.from_version, imported.to_version), (1, latest()));
     assert_eq!(all_titles(&server, &acme).await, ["the past", "from"]);
+}
+
+#[tokio::test]
+async fn a_backup_is_restored_only_into_its_own_tenant_and_only_as_made() {
+    let server = spawn().await;
+    let acme = server.tenant("acme").await;
+    let globex = server.tenant("globex").await;
+    let gone = server.tenant("gone").await;
+    create_items(&server, &acme, "a", 2).await;
+    create_items(&server, &globex, "g", 1).await;
+    create_items(&server, &gone, "x", 1).await;
+    let acme_backup = backup(&server, &acme).await;
+    let gone_backup = backup(&server, &gone).await;
+    let mut admin = server.admin().await;
+    admin
+        .delete_tenant(as_admin(pb::DeleteTenantRequest {
+            id: gone.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let acme_dir = server.data_dir().join("backups").join(&acme.id);
+    let refused = |path: String| restore_from(&globex, &path);
+    // Another tenant's backup, a deleted tenant's, or one named through
+    // the other tenant's folder: refused, with a way out named.
+    for path in [acme_backup.path.clone(), gone_backup.path.clone()] {
+        let status = expect_code(
+            admin.restore_tenant(as_admin(refused(path))).await,
+            Code::InvalidArgument,
+        );
+        assert!(status.message().contains("ImportTenant"), "{status:?}");
+    }
+    // In acme's own folder: a hard link to a live tenant file, a symbolic
+    // link, a file put there by hand, a backup changed since it was made.
+    std::fs::hard_link(server.tenant_file(&globex.id), acme_dir.join("linked.db")).unwrap();
+    std::os::unix::fs::symlink(
+        server.tenant_file(&globex.id),
+        acme_dir.join("symlinked.db"),
+    )
+    .unwrap();
+    std::fs::copy(
+        server.data_dir().join(&acme_backup.path),
+        acme_dir.join("by-hand.db"),
+    )
+    .unwrap();
+    for name in ["linked.db", "symlinked.db", "by-hand.db"] {
+        let status = expect_code(
+            admin
+                .restore_tenant(as_admin(restore_from(
+                    &acme,
+                    &format!("backups/{}/{name}", acme.id),
+                )))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().starts_with("backup_path"),
+            "{name}: {status:?}"
+        );
+    }
+    let mut tampered = std::fs::read(server.data_dir().join(&acme_backup.path)).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    std::fs::write(server.data_dir().join(&acme_backup.path), &tampered).unwrap();
+    let status = expect_code(
+        admin
+            .restore_tenant(as_admin(restore_from(&acme, &acme_backup.path)))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("changed since"), "{status:?}");
+    assert_eq!(all_titles(&server, &globex).await, ["g000"]);
+    assert_eq!(all_titles(&server, &acme).await, ["a001", "a000"]);
+    // Moving data between tenants stays possible as an explicit copy.
+    let (_, bytes) = export(&server, &acme).await;
+    import(&server, &globex, &bytes, "").await.unwrap();
+    assert_eq!(all_titles(&server, &globex).await, ["a001", "a000"]);
 }
 
 #[tokio::test]
