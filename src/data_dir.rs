@@ -11,6 +11,7 @@
 //!   staging/              files being made (snapshots, uploads); emptied at start-up
 //! ```
 
+use std::fs::Permissions;
 use std::path::{Path, PathBuf};
 
 use crate::clock::Micros;
@@ -23,8 +24,17 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory tree if it is missing.
+    /// Creates the directory tree if it is missing, private to this
+    /// process's user whatever the umask: the process's file mode creation
+    /// mask becomes 077, so that every file it makes (the catalog, tenant
+    /// databases and their -wal and -shm, snapshots) is 0600 and every
+    /// folder 0700; the folders and the catalog of a data directory made
+    /// before are made private too.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only sets the process's file mode creation mask; it
+        // cannot fail and touches no memory.
+        unsafe { libc::umask(0o077) };
         let data_dir = DataDir { root: root.into() };
         for dir in [
             data_dir.root.clone(),
@@ -34,7 +44,21 @@ impl DataDir {
             data_dir.staging_dir(),
         ] {
             std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::set_permissions(&dir, Permissions::from_mode(0o700)))
                 .context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        let catalog = data_dir.catalog();
+        for file in [
+            catalog.clone(),
+            with_suffix(&catalog, "-wal"),
+            with_suffix(&catalog, "-shm"),
+        ] {
+            match std::fs::set_permissions(&file, Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).context(|| format!("making {} private", file.display()));
+                }
+                _ => {}
+            }
         }
         Ok(data_dir)
     }

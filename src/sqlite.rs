@@ -225,15 +225,17 @@ impl r2d2::ManageConnection for Manager {
 }
 
 /// Flags for files that must already exist: a missing tenant file is an
-/// error, never a silently empty tenant.
-const EXISTING: OpenFlags =
-    OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+/// error, never a silently empty tenant; and a symbolic link is never
+/// followed to whatever file it names.
+const EXISTING: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
+    .union(OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    .union(OpenFlags::SQLITE_OPEN_NOFOLLOW);
 
 pub struct Database {
     path: PathBuf,
-    /// The file's device and inode when it was opened: see
-    /// [`Database::check_in_place`].
-    identity: (u64, u64),
+    /// The file's device and inode when it was opened, and the largest size
+    /// it has been seen with: see [`check_in_place`].
+    identity: Arc<Identity>,
     /// `None` once the database is retired; see [`Database::retire`].
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     connections: u32,
@@ -299,9 +301,11 @@ impl Database {
         }
         let mut conn = open_connection(path, settings)?;
         let prepared = prepare(&mut conn)?;
-        let identity = file_identity(path)
-            .context(|| format!("opening {}", path.display()))?
-            .ok_or_else(|| moved(path))?;
+        let identity = Arc::new(
+            Identity::of(path)
+                .context(|| format!("opening {}", path.display()))?
+                .ok_or_else(|| moved(path))?,
+        );
         let configured = settings.clone();
         let manager = Manager {
             files: SqliteConnectionManager::file(path)
@@ -364,6 +368,16 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether [`Database::retire`] has closed it.
+    pub fn is_retired(&self) -> bool {
+        self.retired.initialized()
+    }
+
+    /// The device and inode of the file this database has open.
+    pub fn file(&self) -> (u64, u64) {
+        (self.identity.device, self.identity.inode)
     }
 
     fn pool(&self) -> Result<Pool<Manager>> {
@@ -447,7 +461,7 @@ impl Database {
         let deadline = deadline::current();
         if inline && let Some(conn) = pool.try_get() {
             let result = deadline::check(deadline.as_deref())
-                .and_then(|()| check_in_place(&self.path, self.identity))
+                .and_then(|()| check_in_place(&self.path, &self.identity))
                 .and_then(|()| bounded(deadline.as_deref(), || f(&conn)));
             // As below: the connection and the pool handle go before the
             // turn, so a retire holding every turn has nothing left open.
@@ -456,10 +470,10 @@ impl Database {
             drop(turn);
             return result;
         }
-        let (path, identity) = (self.path.clone(), self.identity);
+        let (path, identity) = (self.path.clone(), self.identity.clone());
         run_blocking(move || {
             let result = deadline::check(deadline.as_deref())
-                .and_then(|()| check_in_place(&path, identity))
+                .and_then(|()| check_in_place(&path, &identity))
                 .and_then(|()| {
                     pool.get()
                         .context(|| "taking a database connection".into())
@@ -514,7 +528,7 @@ impl Database {
                 runtime: tokio::runtime::Handle::current(),
                 pool: self.pool.clone(),
                 path: self.path.clone(),
-                identity: self.identity,
+                identity: self.identity.clone(),
             };
             tokio::task::spawn_blocking(move || writer.drain());
         }
@@ -591,26 +605,61 @@ pub fn open_connection(path: &Path, settings: &PoolSettings) -> Result<Connectio
     Ok(conn)
 }
 
-/// The device and inode of a file, or `None` if there is no file.
-fn file_identity(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(metadata) => Ok(Some((metadata.dev(), metadata.ino()))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error),
+/// Which file a database has open, and how large it has been seen.
+#[derive(Debug)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    /// A tenant file only grows (freed pages are reused, never cut off), so
+    /// a smaller one was truncated or replaced behind the server's back.
+    largest: std::sync::atomic::AtomicU64,
+}
+
+impl Identity {
+    /// The identity of the file at `path`, or `None` if there is no file.
+    fn of(path: &Path) -> std::io::Result<Option<Self>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) => Ok(Some(Identity {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+                largest: metadata.len().into(),
+            })),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 }
 
 /// Checks, before a call uses the database, that its file is still the one
-/// that was opened. Open connections keep working on a file that was
-/// removed or replaced behind the server's back, and every write to it would
-/// be lost; SQLite only notices for rollback journals, not in WAL mode. One
-/// `stat` per call, small next to the call's SQL.
-fn check_in_place(path: &Path, opened: (u64, u64)) -> Result<()> {
-    match file_identity(path).context(|| format!("checking {}", path.display()))? {
-        Some(identity) if identity == opened => Ok(()),
-        _ => Err(moved(path)),
+/// that was opened, and whole. Open connections keep working on a file that
+/// was removed, replaced or truncated behind the server's back, and every
+/// write to it would be lost; SQLite only notices for rollback journals,
+/// not in WAL mode. One `stat` per call, small next to the call's SQL.
+fn check_in_place(path: &Path, opened: &Identity) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(moved(path)),
+        Err(error) => return Err(error).context(|| format!("checking {}", path.display())),
+    };
+    if (metadata.dev(), metadata.ino()) != (opened.device, opened.inode) {
+        return Err(moved(path));
     }
+    let largest = opened.largest.fetch_max(metadata.len(), Ordering::Relaxed);
+    if metadata.len() < largest {
+        return Err(Error::internal(
+            format!("using {}", path.display()),
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!(
+                    "the database file shrank from {largest} to {} bytes while open",
+                    metadata.len()
+                )),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The error of a file moved or removed while open: SQLite's own code for
@@ -638,7 +687,7 @@ struct Writer {
     runtime: tokio::runtime::Handle,
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     path: PathBuf,
-    identity: (u64, u64),
+    identity: Arc<Identity>,
 }
 
 impl Writer {
@@ -688,7 +737,7 @@ impl Writer {
             .lock()
             .expect("the pool lock is never poisoned")
             .clone();
-        let conn = check_in_place(&self.path, self.identity).and_then(|()| {
+        let conn = check_in_place(&self.path, &self.identity).and_then(|()| {
             pool.ok_or_else(|| {
                 Error::Unavailable("the database was closed; retry the call".into())
             })?

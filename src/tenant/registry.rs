@@ -38,7 +38,7 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use crate::catalog::{Catalog, TenantState, store};
 use crate::clock::{Micros, now_micros};
 use crate::data_dir::DataDir;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::schema::{self, Migrated};
@@ -74,6 +74,8 @@ struct Inner {
     /// The last item call of each tenant called since the last flush to the
     /// catalog: see [`Registry::flush_accesses`].
     accesses: std::sync::Mutex<HashMap<TenantId, Micros>>,
+    /// The file (device, inode) each open database has open, and whose.
+    files: std::sync::Mutex<HashMap<(u64, u64), OpenFile>>,
     metrics: Arc<Metrics>,
 }
 
@@ -141,6 +143,7 @@ impl Registry {
                 opens: AtomicU64::new(0),
                 aside_reads: AtomicU64::new(0),
                 accesses: Default::default(),
+                files: Default::default(),
                 metrics,
             }),
         }
@@ -224,10 +227,33 @@ impl Registry {
                     .await
                     .map_err(|error| self.storage_fault(tenant, error))?;
                 tracing::debug!(%tenant, ?migrated, "opened tenant database");
-                Ok::<_, Error>(Arc::new(database))
+                let database = Arc::new(database);
+                self.claim_file(tenant, &database)?;
+                Ok::<_, Error>(database)
             })
             .await?;
         Ok(database)
+    }
+
+    /// Records which file `database` has open, and refuses it if another
+    /// tenant has the same file open: one file never serves two tenants.
+    fn claim_file(&self, tenant: TenantId, database: &Arc<Database>) -> Result<()> {
+        let mut files = self.inner.files.lock().expect("never poisoned");
+        if let Some((owner, open)) = files.get(&database.file())
+            && *owner != tenant
+            && open.upgrade().is_some_and(|other| !other.is_retired())
+        {
+            tracing::error!(%tenant, other = %owner, "a tenant's file is another tenant's open file");
+            return Err(Error::Storage(format!(
+                "tenant {tenant}'s database file is the file of another tenant: an operator must \
+                 put the tenant's own file in its place"
+            )));
+        }
+        if files.len() > 2 * self.inner.open.entry_count() as usize + 1024 {
+            files.retain(|_, (_, open)| open.strong_count() > 0);
+        }
+        files.insert(database.file(), (tenant, Arc::downgrade(database)));
+        Ok(())
     }
 
     /// Opens a tenant's file and migrates it if needed, recording its new
@@ -504,16 +530,44 @@ impl Registry {
     }
 }
 
-/// Checks that a tenant's file is there and writable before opening it.
-/// Write permission is checked from the file's mode rather than left to the
-/// open: a server running as root would otherwise write to a file an
-/// operator made read-only on purpose.
+/// Checks that a tenant's file is there, a file of its own and writable,
+/// before opening it: a symbolic link or a second link (another tenant's
+/// file under this tenant's name) is refused, whatever it points to. Write
+/// permission is checked from the file's mode rather than left to the open:
+/// a server running as root would otherwise write to a file an operator
+/// made read-only on purpose. A file others may read is made private.
 fn check_file(tenant: TenantId, path: &Path) -> Result<()> {
-    match std::fs::metadata(path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let not_its_own = |what: &str| {
+        Error::Storage(format!(
+            "tenant {tenant}'s database file is {what}: an operator must put the tenant's own \
+             file in its place"
+        ))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => Err(not_its_own("a symbolic link")),
+        Ok(metadata) if !metadata.is_file() => Err(not_its_own("not a regular file")),
+        Ok(metadata) if metadata.nlink() != 1 => Err(not_its_own(
+            "linked from elsewhere (it has more than one name)",
+        )),
         Ok(metadata) if metadata.permissions().readonly() => Err(Error::Storage(format!(
             "tenant {tenant}'s database file is read-only: an operator must make it writable"
         ))),
-        Ok(_) => Ok(()),
+        Ok(metadata) => {
+            if metadata.mode() & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .context(|| format!("making {} private", path.display()))?;
+            }
+            // SQLite takes an empty file for a new, empty database: a tenant
+            // file cut to nothing must not come back as an empty tenant.
+            if !crate::tenant::snapshot::is_database_file(path) {
+                return Err(Error::DataLoss(format!(
+                    "tenant {tenant}'s database file is damaged (empty, or not a database): an operator \
+                     must restore it from a backup"
+                )));
+            }
+            Ok(())
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::DataLoss(format!(
                 "tenant {tenant}'s database file is missing: an operator must restore it from a backup"
@@ -568,6 +622,9 @@ fn busy(tenant: TenantId) -> Error {
         "tenant {tenant} is being restored or moved: retry the call"
     ))
 }
+
+/// The tenant whose database has a file open, and that database.
+type OpenFile = (TenantId, std::sync::Weak<Database>);
 
 /// What the registry keeps of a tenant while anything uses it: its gate,
 /// and its databases that left the cache but are still closing. Made on

@@ -132,6 +132,15 @@ pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// Whether the file at `path` starts as a SQLite database does. Blocking.
+pub fn is_database_file(path: &Path) -> bool {
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == SQLITE_MAGIC
+}
+
 /// The most objects (tables, indexes) a tenant schema has in
 /// `sqlite_schema`; far more than tenantry's, far fewer than would cost
 /// memory to parse.

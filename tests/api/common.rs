@@ -137,10 +137,20 @@ impl ServerProcess {
         open_files: u64,
         env: &[(&str, &str)],
     ) -> ServerProcess {
+        Self::start_after(
+            dir,
+            &format!("ulimit -Sn {open_files} && ulimit -Hn {open_files}"),
+            env,
+        )
+    }
+
+    /// [`ServerProcess::start`], from a shell that runs `setup` first (such
+    /// as `umask 022`).
+    pub fn start_after(dir: &TempDir, setup: &str, env: &[(&str, &str)]) -> ServerProcess {
         let mut command = Command::new("sh");
         command.args([
             "-c",
-            &format!("ulimit -Sn {open_files} && ulimit -Hn {open_files} && exec \"$0\" \"$@\""),
+            &format!("{setup} && exec \"$0\" \"$@\""),
             env!("CARGO_BIN_EXE_tenantry"),
         ]);
         Self::launch(command, dir, env)

@@ -210,3 +210,116 @@ async fn an_unreadable_catalog_stops_the_server_at_start_up() {
     assert!(error.contains("catalog"), "{error}");
     assert!(error.contains("not a database"), "{error}");
 }
+
+/// Every folder under `data` is 0700 and every file 0600; how many files.
+fn private(data: &std::path::Path, moment: &str) -> usize {
+    let mut pending = vec![data.to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        if metadata.is_dir() {
+            assert_eq!(mode, 0o700, "{moment}: {} is {mode:o}", path.display());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{moment}: {} is {mode:o}", path.display());
+            files += 1;
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn whatever_the_umask_the_data_directory_is_private() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let server = crate::common::ServerProcess::start_after(&dir, "umask 000", &[]);
+    let mut admin = server.admin().await;
+    let acme = crate::common::create_tenant(&mut admin, "acme").await;
+    let gone = crate::common::create_tenant(&mut admin, "gone").await;
+    let mut items = server.items().await;
+    for tenant in [&acme, &gone] {
+        items
+            .create_item(tenant.call(new_item("private")))
+            .await
+            .unwrap();
+    }
+    admin
+        .backup_tenant(crate::common::as_admin(pb::BackupTenantRequest {
+            id: acme.id.clone(),
+        }))
+        .await
+        .unwrap();
+    admin
+        .delete_tenant(crate::common::as_admin(pb::DeleteTenantRequest {
+            id: gone.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let data = dir.path().join("data");
+    // While it serves, with -wal and -shm files, and once it has stopped.
+    assert!(private(&data, "serving") >= 8);
+    drop((admin, items));
+    tokio::task::spawn_blocking(move || server.stop_and_read_log())
+        .await
+        .unwrap();
+    assert!(private(&data, "stopped") >= 5);
+}
+
+#[tokio::test]
+async fn a_tenant_file_that_is_a_link_to_another_is_refused() {
+    let server = spawn().await;
+    let a = server.tenant("tenant-a").await;
+    let b = server.tenant("tenant-b").await;
+    let c = server.tenant("tenant-c").await;
+    fill(&server, &a, "a", 2).await;
+    for tenant in [&a, &b, &c] {
+        close(&server, tenant).await;
+    }
+    // b's file becomes a symbolic link to a's, c's a hard link to it.
+    std::fs::remove_file(server.tenant_file(&b.id)).unwrap();
+    std::os::unix::fs::symlink(server.tenant_file(&a.id), server.tenant_file(&b.id)).unwrap();
+    std::fs::remove_file(server.tenant_file(&c.id)).unwrap();
+    std::fs::hard_link(server.tenant_file(&a.id), server.tenant_file(&c.id)).unwrap();
+    let mut items = server.items().await;
+    for tenant in [&b, &c] {
+        let status = expect_code(items.list_items(list(tenant)).await, Code::Internal);
+        assert!(status.message().contains("own file"), "{status:?}");
+    }
+    // a itself is linked from elsewhere too now; with the link gone, it is
+    // served again, and nothing of it was read through b or c.
+    std::fs::remove_file(server.tenant_file(&c.id)).unwrap();
+    assert_eq!(all_titles(&server, &a).await, ["a1", "a0"]);
+}
+
+#[tokio::test]
+async fn a_tenant_file_truncated_while_open_takes_no_more_writes() {
+    let server = spawn().await;
+    let acme = server.tenant("acme").await;
+    fill(&server, &acme, "before", 50).await;
+    let other = server.tenant("other").await;
+    let kept = fill(&server, &other, "kept", 2).await;
+    // Checkpointed into the file, then cut to nothing behind the server.
+    let file = server.tenant_file(&acme.id);
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut items = server.items().await;
+    for attempt in 0..2 {
+        expect_code(
+            items
+                .create_item(acme.call(new_item(&format!("after {attempt}"))))
+                .await,
+            Code::DataLoss,
+        );
+    }
+    expect_code(items.list_items(list(&acme)).await, Code::DataLoss);
+    still_works(&server, &other, &kept).await;
+}
