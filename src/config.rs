@@ -109,6 +109,13 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_MAX_STAGING_MIB", default_value_t = 8192)]
     pub max_staging_mib: u64,
 
+    /// MiB of disk kept in reserve (the file `reserve` in the data
+    /// directory) and given back when the disk fills up, so that the
+    /// catalog can still record a revoke, a suspension or a purge. 0 for
+    /// none.
+    #[arg(long, env = "TENANTRY_DISK_RESERVE_MIB", default_value_t = 64)]
+    pub disk_reserve_mib: u64,
+
     /// The largest snapshot ImportTenant accepts, in bytes.
     #[arg(long, env = "TENANTRY_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
     pub max_import_bytes: u64,

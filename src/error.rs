@@ -178,6 +178,13 @@ pub fn to_status(error: &Error) -> Status {
             status
         }
         Error::Recorded { code, message } => Status::new(*code, message.clone()),
+        Error::Internal { .. } if crate::disk::is_full_error(error) => {
+            tracing::error!(error = %error_chain(error), "the disk is full");
+            Status::resource_exhausted(
+                "the disk holding the data directory is full: free space (DeleteTenant with \
+                 purge removes a tenant's files for good) and retry",
+            )
+        }
         Error::Internal { .. }
             if error
                 .sqlite_code()

@@ -57,6 +57,7 @@ pub mod config;
 pub mod connections;
 pub mod data_dir;
 pub mod deadline;
+pub mod disk;
 pub mod error;
 pub mod fault;
 pub mod ids;

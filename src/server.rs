@@ -18,6 +18,7 @@ use crate::calls::CallLogLayer;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data_dir::DataDir;
+use crate::disk::Disk;
 use crate::error::{Context, Error, Result};
 use crate::limits::LimitsLayer;
 use crate::log_summary::Summaries;
@@ -76,9 +77,11 @@ impl OpenData {
         // a fifth more: a read call per page not yet cached).
         let catalog_pool = PoolSettings {
             mmap_bytes: 1 << 30,
+            durable: true,
             ..PoolSettings::new(4, 16 * 1024, config.busy_timeout())
         };
-        let catalog = Catalog::open(&data_dir, &catalog_pool)?;
+        let disk = Arc::new(Disk::new(data_dir.root(), config.disk_reserve_mib << 20));
+        let catalog = Catalog::open(&data_dir, &catalog_pool, disk)?;
         crate::tenant::recover(&catalog, &data_dir)?;
         let registry = Registry::new(
             catalog.clone(),

@@ -57,6 +57,10 @@ pub struct PoolSettings {
     /// shared by every database keeps thousands of open tenants from costing
     /// thousands of threads.
     pub threads: Arc<ScheduledThreadPool>,
+    /// Sync every commit to disk (`synchronous = FULL`), for the catalog: a
+    /// revoke or a suspension is answered only once it survives a power
+    /// cut. Tenant databases sync at checkpoints only (`NORMAL`).
+    pub durable: bool,
     /// Set to interrupt every statement of these connections (at shutdown,
     /// once the grace period is over); see [`PoolSettings::interrupt`].
     pub stopping: Arc<AtomicBool>,
@@ -78,6 +82,7 @@ impl PoolSettings {
                     .thread_name_pattern("sqlite-pool-{}")
                     .build(),
             ),
+            durable: false,
             stopping: Arc::default(),
         }
     }
@@ -102,8 +107,9 @@ impl PoolSettings {
         conn.busy_timeout(self.busy_timeout)?;
         conn.execute_batch(&format!(
             "PRAGMA foreign_keys = ON;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = {};
              PRAGMA cache_size = -{};",
+            if self.durable { "FULL" } else { "NORMAL" },
             self.cache_kib
         ))?;
         if self.mmap_bytes > 0 {

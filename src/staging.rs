@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::disk::Disk;
 use crate::error::{Error, Result};
 
 /// The staging folder's budget. A cheap handle is an `Arc<Staging>`.
@@ -19,14 +20,17 @@ pub struct Staging {
     dir: PathBuf,
     limit: u64,
     used: Mutex<u64>,
+    /// A full disk takes no new staged files: its room is for the catalog.
+    disk: Arc<Disk>,
 }
 
 impl Staging {
-    pub fn new(dir: PathBuf, limit: u64) -> Arc<Self> {
+    pub fn new(dir: PathBuf, limit: u64, disk: Arc<Disk>) -> Arc<Self> {
         Arc::new(Staging {
             dir,
             limit,
             used: Mutex::new(0),
+            disk,
         })
     }
 
@@ -48,6 +52,7 @@ impl Staging {
     }
 
     fn take(&self, bytes: u64) -> Result<()> {
+        self.disk.refuse_if_full()?;
         let mut used = self.used.lock().expect("never poisoned");
         if *used + bytes > self.limit {
             return Err(Error::ResourceExhausted(format!(
@@ -114,7 +119,8 @@ mod tests {
     #[test]
     fn reservations_are_bounded_and_given_back_with_their_files() {
         let dir = tempfile::TempDir::new().unwrap();
-        let staging = Staging::new(dir.path().to_owned(), 100);
+        let disk = Arc::new(Disk::new(dir.path(), 0));
+        let staging = Staging::new(dir.path().to_owned(), 100, disk);
         let first = staging.reserve("a", 60).unwrap();
         std::fs::write(first.path(), b"x").unwrap();
         let refused = staging.reserve("b", 50).err().expect("over the bound");

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, Transaction};
 
 use crate::data_dir::DataDir;
+use crate::disk::Disk;
 use crate::error::{Context, Error, Result};
 use crate::schema;
 use crate::sqlite::{Database, PoolSettings};
@@ -25,12 +26,15 @@ pub use store::{ApiKeyRecord, KeyGrant, TenantRecord, TenantState};
 #[derive(Clone)]
 pub struct Catalog {
     db: Arc<Database>,
+    /// Consulted before every write: when the disk is full, the catalog
+    /// writes in the room the reserve gave back.
+    disk: Arc<Disk>,
 }
 
 impl Catalog {
     /// Opens (creating if needed) and migrates the catalog. Blocking; runs at
     /// start-up, before [`crate::tenant::recover`].
-    pub fn open(data_dir: &DataDir, settings: &PoolSettings) -> Result<Self> {
+    pub fn open(data_dir: &DataDir, settings: &PoolSettings, disk: Arc<Disk>) -> Result<Self> {
         let path = data_dir.catalog();
         if !path.exists() {
             Database::create(&path, settings, |_| Ok(()))?;
@@ -45,7 +49,15 @@ impl Catalog {
                 error,
             )
         })?;
-        Ok(Catalog { db: Arc::new(db) })
+        Ok(Catalog {
+            db: Arc::new(db),
+            disk,
+        })
+    }
+
+    /// The disk the catalog and the tenants are on.
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
     }
 
     pub async fn read<T, F>(&self, f: F) -> Result<T>
@@ -65,6 +77,7 @@ impl Catalog {
     /// Runs `f` in a write transaction now, on the calling thread: for
     /// start-up recovery.
     pub fn write_now<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        self.disk.check();
         self.db.with_connection(|conn| {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -76,11 +89,19 @@ impl Catalog {
         })
     }
 
+    /// Runs `f` in a write transaction (committed durably: the catalog is
+    /// synced at every commit), on a blocking thread.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
-        self.db.write(f).await
+        let disk = self.disk.clone();
+        self.db
+            .write(move |tx| {
+                disk.check();
+                f(tx)
+            })
+            .await
     }
 }

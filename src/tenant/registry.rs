@@ -103,6 +103,11 @@ impl Registry {
     pub fn new(catalog: Catalog, data_dir: DataDir, settings: RegistrySettings) -> Self {
         let metrics = Arc::new(Metrics::new());
         let slots = Arc::new(Slots::default());
+        let staging = Staging::new(
+            data_dir.staging_dir(),
+            settings.max_staging_bytes,
+            catalog.disk().clone(),
+        );
         let closing_slots = slots.clone();
         let open = Cache::builder()
             .max_capacity(settings.max_open)
@@ -137,7 +142,7 @@ impl Registry {
                 open,
                 slots,
                 catalog,
-                staging: Staging::new(data_dir.staging_dir(), settings.max_staging_bytes),
+                staging,
                 data_dir,
                 pool: settings.pool,
                 opens: AtomicU64::new(0),
@@ -197,6 +202,8 @@ impl Registry {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
+        // The room left on a full disk is for the catalog.
+        self.inner.catalog.disk().refuse_if_full()?;
         self.touch(tenant);
         for _ in 0..LOOKUPS {
             let database = self.get(tenant).await?;
@@ -453,10 +460,15 @@ impl Registry {
             return error;
         };
         let fault = match code.code {
+            ErrorCode::DiskFull if self.inner.catalog.disk().check() => {
+                return Error::ResourceExhausted(format!(
+                    "the disk holding tenant {tenant} is full: an operator must free space"
+                ));
+            }
             ErrorCode::DiskFull => {
                 return Error::ResourceExhausted(match self.inner.pool.max_bytes {
                     Some(max) => format!(
-                        "tenant {tenant} has used its storage quota of {} KiB (or the disk is full): \
+                        "tenant {tenant} has used its storage quota of {} KiB: \
                          delete data to make room, or ask an operator for a larger quota",
                         max / 1024
                     ),

@@ -9,6 +9,7 @@ mod common;
 mod connections;
 mod crash;
 mod discovery;
+mod disk;
 mod faults;
 mod health;
 mod hostile;
