@@ -147,6 +147,14 @@ impl NewApiKey {
     }
 }
 
+/// The key id an `authorization` header names, if it holds an API key
+/// (valid or not): who a refusal is counted against.
+pub fn claimed_key_id(header: &[u8]) -> Option<Uuid> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (_, token) = text.split_once(' ')?;
+    parse_api_key(token.trim()).map(|(id, _)| id)
+}
+
 /// Splits an API key token into its key id and secret, if it has the shape.
 fn parse_api_key(token: &str) -> Option<(Uuid, &str)> {
     let rest = token.strip_prefix(KEY_PREFIX)?;
@@ -233,7 +241,7 @@ impl Authenticator {
             let grant = self.grant(key_id).await?;
             let matches: bool = sha256(secret.as_bytes()).ct_eq(&grant.secret_sha256).into();
             if !matches || grant.revoked {
-                tracing::warn!(key_id = %key_id, "refused an api key: wrong secret or revoked");
+                tracing::debug!(key_id = %key_id, "refused an api key: wrong secret or revoked");
                 return Err(Error::Unauthenticated(INVALID_CREDENTIAL));
             }
             let caller = Caller::Tenant {
@@ -245,7 +253,7 @@ impl Authenticator {
         if bool::from(sha256(token.as_bytes()).ct_eq(&self.admin_sha256)) {
             return Ok((Caller::Admin, None));
         }
-        tracing::warn!("refused a bearer token that is neither the admin token nor an api key");
+        tracing::debug!("refused a bearer token that is neither the admin token nor an api key");
         Err(Error::Unauthenticated(INVALID_CREDENTIAL))
     }
 
@@ -273,7 +281,7 @@ impl Authenticator {
             .read(move |conn| store::key_grant(conn, key_id))
             .await?;
         let Some(grant) = found else {
-            tracing::warn!(key_id = %key_id, "refused an api key that does not exist");
+            tracing::debug!(key_id = %key_id, "refused an api key that does not exist");
             return Err(Error::Unauthenticated(INVALID_CREDENTIAL));
         };
         let grant = Arc::new(grant);

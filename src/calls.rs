@@ -5,9 +5,16 @@
 //! the call is inside it. When the call ends (its last frame sent, or the
 //! client gone), the span gets the gRPC status code and the latency, and the
 //! event `call finished` is logged with target `tenantry::calls`: at DEBUG for
-//! `OK`, INFO for a refusal the client can fix, WARN for a server-side
+//! `OK`, INFO for a failure the client can fix, WARN for a server-side
 //! failure. `RUST_LOG=info,tenantry::calls=debug` logs every call. The end
 //! is also counted in the [`crate::metrics`].
+//!
+//! A flood must not become a flood of log lines, so refusals (UNAVAILABLE,
+//! RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED) are never logged
+//! one by one: each is counted against its subject (the tenant, the API key,
+//! the peer) and logged as a summary per interval ([`crate::log_summary`]).
+//! Other failures are logged one by one within a budget of lines per second,
+//! and counted the same way beyond it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +30,39 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 use crate::error::code_name;
+use crate::log_summary::{Subject, Summaries};
 use crate::metrics::Metrics;
+
+/// Who the call is counted against when it is refused: set by the layers
+/// as they learn it (the peer, then the API key a credential names, then
+/// the verified tenant). In the request's extensions.
+#[derive(Clone)]
+pub struct CallSubject(Arc<std::sync::Mutex<Subject>>);
+
+impl CallSubject {
+    fn new(subject: Subject) -> Self {
+        CallSubject(Arc::new(std::sync::Mutex::new(subject)))
+    }
+
+    pub fn set(&self, subject: Subject) {
+        *self.0.lock().expect("never poisoned") = subject;
+    }
+
+    fn get(&self) -> Subject {
+        *self.0.lock().expect("never poisoned")
+    }
+}
+
+/// Codes that refuse a call before it does anything: counted, not logged.
+fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+    )
+}
 
 /// Records the verified caller of the current call in its span.
 pub fn record_caller(tenant: Option<&dyn std::fmt::Display>, key_id: Option<&uuid::Uuid>) {
@@ -41,11 +80,12 @@ pub fn record_caller(tenant: Option<&dyn std::fmt::Display>, key_id: Option<&uui
 #[derive(Clone)]
 pub struct CallLogLayer {
     metrics: Arc<Metrics>,
+    summaries: Arc<Summaries>,
 }
 
 impl CallLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        CallLogLayer { metrics }
+    pub fn new(metrics: Arc<Metrics>, summaries: Arc<Summaries>) -> Self {
+        CallLogLayer { metrics, summaries }
     }
 }
 
@@ -56,6 +96,7 @@ impl<S> Layer<S> for CallLogLayer {
         CallLog {
             inner,
             metrics: self.metrics.clone(),
+            summaries: self.summaries.clone(),
         }
     }
 }
@@ -64,6 +105,7 @@ impl<S> Layer<S> for CallLogLayer {
 pub struct CallLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    summaries: Arc<Summaries>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -82,7 +124,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<crate::connections::Peer>()
+            .map_or(Subject::Unknown, |peer| Subject::Peer(peer.0.ip()));
+        let subject = CallSubject::new(peer);
+        request.extensions_mut().insert(subject.clone());
         let span = tracing::info_span!(
             "call",
             method = request.uri().path(),
@@ -94,6 +142,7 @@ where
         let start = Instant::now();
         let path = request.uri().path().to_owned();
         let metrics = self.metrics.clone();
+        let summaries = self.summaries.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let called = {
@@ -107,6 +156,8 @@ where
                 start,
                 path,
                 metrics,
+                summaries,
+                subject,
                 done: false,
             };
             // A refusal is all in the headers ("trailers-only").
@@ -133,6 +184,8 @@ struct CallEnd {
     start: Instant,
     path: String,
     metrics: Arc<Metrics>,
+    summaries: Arc<Summaries>,
+    subject: CallSubject,
     done: bool,
 }
 
@@ -147,6 +200,16 @@ impl CallEnd {
         self.metrics.call_finished(&self.path, name, elapsed);
         self.span.record("code", name);
         self.span.record("latency_ms", latency_ms);
+        if is_refusal(code) {
+            self.summaries
+                .count("refused call", name, self.subject.get());
+            return;
+        }
+        if code != Code::Ok && !self.summaries.line_allowed() {
+            self.summaries
+                .count("failed call", name, self.subject.get());
+            return;
+        }
         let _entered = self.span.enter();
         match code {
             Code::Ok => {

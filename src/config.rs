@@ -147,6 +147,12 @@ pub struct Config {
     )]
     pub request_body_timeout_ms: u64,
 
+    /// Milliseconds a refused call (over a limit, or with a bad credential)
+    /// waits before its answer is sent, holding no call slot: a client that
+    /// retries at once is slowed instead of spinning the server.
+    #[arg(long, env = "TENANTRY_REFUSAL_DELAY_MS", default_value_t = 100)]
+    pub refusal_delay_ms: u64,
+
     /// Milliseconds a streamed answer (SearchItems, ExportTenant,
     /// MigrateTenants) waits for its client to read before it is ended; a
     /// stream waiting for its reader holds no tenant, file or lock meanwhile.
@@ -265,6 +271,7 @@ impl Config {
             default_timeout: Duration::from_millis(self.call_timeout_ms),
             max_message_bytes: self.max_message_bytes,
             body_timeout: Duration::from_millis(self.request_body_timeout_ms.max(1)),
+            refusal_delay: Duration::from_millis(self.refusal_delay_ms),
         }
     }
 

@@ -27,6 +27,10 @@
 //!   `body_timeout` of the call's start, and an upload's messages must keep
 //!   coming at least that often; otherwise the call ends, and its slot is
 //!   free again.
+//! - **Refusals are held back.** A call refused for a limit or a credential
+//!   gets its answer after `refusal_delay`, its slot already free: a client
+//!   that retries at once, as a flood does, waits instead of spinning the
+//!   server.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,6 +85,12 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// How long a request may take to arrive (an upload: each message).
     pub body_timeout: Duration,
+    /// How long a refusal (over a limit, or of a credential) is held back
+    /// before it is sent, holding no call slot meanwhile. A client that
+    /// sends again as soon as it is refused, as a flood does, is slowed to
+    /// a call per stream per this delay: its refusals cost the server
+    /// little, and take no CPU from the tenants that keep to their limits.
+    pub refusal_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -182,10 +192,6 @@ where
         let refuse = |error: Error| -> Self::Future {
             Box::pin(std::future::ready(Ok(Status::from(error).into_http())))
         };
-        let slot = match self.layer.slot(path) {
-            Ok(slot) => slot,
-            Err(error) => return refuse(error),
-        };
         let default = (!LONG_CALLS.contains(&path)).then_some(limits.default_timeout);
         let timeout = match client_timeout(request.headers()) {
             Ok(client) => [client.map(answer_in_time), default]
@@ -195,6 +201,19 @@ where
             Err(error) => return refuse(error),
         };
         let started = Instant::now();
+        // Held back, but heard well before the caller's deadline.
+        let refusal_delay = timeout.map_or(limits.refusal_delay, |timeout| {
+            limits.refusal_delay.min(timeout / 2)
+        });
+        let slot = match self.layer.slot(path) {
+            Ok(slot) => slot,
+            Err(error) => {
+                return Box::pin(async move {
+                    tokio::time::sleep(refusal_delay).await;
+                    Ok(Status::from(error).into_http())
+                });
+            }
+        };
         let arrival = if path == UPLOAD {
             Arrival::Steady(limits.body_timeout)
         } else {
@@ -223,6 +242,15 @@ where
             };
             // Answered: a stream goes on under the same deadline.
             guard.0 = None;
+            let response = match response {
+                Ok(response) if is_refusal(&response) => {
+                    // Held back, without its slot: see `refusal_delay`.
+                    drop(slot);
+                    tokio::time::sleep(refusal_delay).await;
+                    return Ok(response);
+                }
+                other => other,
+            };
             response.map(|response| {
                 let response = undecodable_is_invalid(response);
                 match slot {
@@ -237,6 +265,27 @@ where
             })
         })
     }
+}
+
+/// A call refused at admission (by its credential, or over its tenant's
+/// limit): its whole answer is a status in the headers (trailers-only).
+fn is_refusal(response: &Response<Body>) -> bool {
+    use tonic::Code;
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<i32>().ok())
+        .map(Code::from_i32);
+    matches!(
+        code,
+        Some(
+            Code::ResourceExhausted
+                | Code::Unavailable
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+        )
+    )
 }
 
 /// The server's deadline for a client's `timeout`: a little earlier, so

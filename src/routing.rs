@@ -25,10 +25,12 @@ use tower::{Layer, Service};
 use crate::api::audited::clip;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::auth::{Authenticator, Caller};
+use crate::calls::CallSubject;
 use crate::catalog::TenantState;
 use crate::error::code_name;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
+use crate::log_summary::Subject;
 use crate::weak_map::WeakMap;
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -132,7 +134,7 @@ impl TenantCalls {
             .get_or_make(tenant.id, || Semaphore::new(limit))
             .try_acquire_owned()
             .map_err(|_| {
-                tracing::warn!(tenant = %tenant.id, actor = %tenant.actor(), limit, "refused a call over the tenant's concurrency limit");
+                tracing::debug!(tenant = %tenant.id, actor = %tenant.actor(), limit, "refused a call over the tenant's concurrency limit");
                 Error::ResourceExhausted(format!(
                     "tenant {} already has {limit} calls in flight, the most one tenant may have: \
                      wait for some to finish, or retry with backoff",
@@ -187,10 +189,25 @@ where
         }
         let auth = self.auth.clone();
         let calls = self.calls.clone();
+        // Who a refusal is counted against: the key a credential names,
+        // then the tenant once verified.
+        let subject = request.extensions().get::<CallSubject>().cloned();
+        if let (Some(subject), Some(key_id)) = (
+            &subject,
+            request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|value| crate::auth::claimed_key_id(value.as_bytes())),
+        ) {
+            subject.set(Subject::ApiKey(key_id));
+        }
         Box::pin(async move {
             let admitted = admit(&auth, policy, request.uri().path(), request.headers())
                 .await
                 .and_then(|(caller, tenant)| {
+                    if let (Some(subject), Some(tenant)) = (&subject, &tenant) {
+                        subject.set(Subject::Tenant(tenant.id));
+                    }
                     let slot = tenant.map(|tenant| calls.take(tenant)).transpose()?;
                     Ok((caller, tenant, slot))
                 });
@@ -230,7 +247,7 @@ async fn admit(
     match (policy, caller) {
         (Policy::Admin, Caller::Admin) => Ok((caller, None)),
         (Policy::Admin, Caller::Tenant { key_id, .. }) => {
-            tracing::warn!(%key_id, "refused a tenant api key on the admin api");
+            tracing::debug!(%key_id, "refused a tenant api key on the admin api");
             Err(Error::PermissionDenied(
                 "an API key cannot call the admin API: use the admin token",
             ))
@@ -264,7 +281,7 @@ async fn admit(
             let requested = requested_tenant(headers)?;
             if requested != tenant_id {
                 // The same answer whether or not the requested tenant exists.
-                tracing::warn!(%key_id, key_tenant = %tenant_id, requested = %requested, "refused an api key for another tenant");
+                tracing::debug!(%key_id, key_tenant = %tenant_id, requested = %requested, "refused an api key for another tenant");
                 return Err(Error::PermissionDenied(
                     "this API key does not act for the tenant named in x-tenant-id",
                 ));

@@ -263,7 +263,10 @@ impl Application {
             )
             .prepare();
         let service = tower::ServiceBuilder::new()
-            .layer(CallLogLayer::new(registry.metrics().clone()))
+            .layer(CallLogLayer::new(
+                registry.metrics().clone(),
+                summaries.clone(),
+            ))
             .layer(LimitsLayer::new(config.limits()))
             .layer(AdmissionLayer::new(
                 auth,

@@ -160,8 +160,7 @@ async fn a_tenant_flooding_the_server_does_not_starve_another() {
         refused.load(Ordering::Relaxed) > 0,
         "the flood stayed under the per-tenant limit"
     );
-    assert!(
-        ratio < 15.0,
-        "the quiet tenant slowed down {ratio:.1} times"
-    );
+    // Measured on 2 cores shared with both clients: 2.5 to 4.7 times in a
+    // debug build, 1.0 to 1.9 in a release build.
+    assert!(ratio < 8.0, "the quiet tenant slowed down {ratio:.1} times");
 }
