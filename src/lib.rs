@@ -5,12 +5,18 @@
 //! A client calls `tenantry.v1.ItemService/GetItem` with two metadata
 //! entries: `authorization: Bearer <api key>` and `x-tenant-id: <uuid>`.
 //!
-//! 0. **The call's span** ([`calls`]), outermost, names the method (and,
+//! 0. **The front end** ([`connections`]) has accepted the connection within
+//!    a cap that leaves tenant files their descriptors, and times out
+//!    connections that never finish their handshake or sit idle; HTTP/2
+//!    bounds the streams and headers of each.
+//!    **The call's span** ([`calls`]), outermost, names the method (and,
 //!    once admitted, the tenant and key id) in every log line of the call,
-//!    and logs its status code and latency when it ends.
+//!    and logs its status code and latency when it ends (refusals are
+//!    counted and summed up instead, [`log_summary`]).
 //!    **Limits** ([`limits`]) sheds the call with
 //!    UNAVAILABLE if the server already runs as many calls as it may, sets
-//!    its deadline, and caps the size of its messages.
+//!    its [`deadline`] (which decides, once, whether its work committed in
+//!    time), and bounds the size of its messages and the time they take.
 //! 1. **Admission** ([`routing`]), a tower layer in front of every service,
 //!    authenticates the bearer token ([`auth`]): the key id inside it finds
 //!    the key in the [`catalog`], and a constant-time comparison of hashes
@@ -37,9 +43,13 @@
 //! migrating, backing up and restoring tenants ([`tenant::lifecycle`],
 //! [`tenant::migrate`], [`tenant::snapshot`]). An operation that moves or
 //! replaces a tenant's file holds that tenant's gate in the registry, so no
-//! call ever sees a file half moved; each one is recorded in the catalog
-//! first, so start-up can finish it after a crash. Health and reflection need
-//! no credential.
+//! call ever sees a file half moved; it is recorded in the catalog once it
+//! holds the gate, then runs to its end whatever its caller does
+//! ([`tenant::operations`]), so start-up can finish it after a crash.
+//! Snapshots being made live in a bounded staging folder ([`staging`]);
+//! streamed answers never make their reader's pace anybody else's problem
+//! ([`api::stream`]); a reserve keeps room for the catalog when the disk
+//! fills ([`disk`]). Health and reflection need no credential.
 //!
 //! The `tenantry` binary is also the admin client of a running server
 //! ([`cli`]): its commands call the admin API through the generated client,

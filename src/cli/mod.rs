@@ -56,8 +56,8 @@ pub enum Command {
     /// Take a consistent snapshot of a tenant into the server's backups
     /// folder, while it keeps serving.
     Backup(snapshots::BackupArgs),
-    /// Replace a tenant's data with a snapshot from the server's backups
-    /// folder.
+    /// Replace a tenant's data with one of its own backups, as `backup`
+    /// made it (a file from elsewhere goes in with `import`).
     Restore(snapshots::RestoreArgs),
     /// Download a consistent snapshot of a tenant into a file here.
     Export(snapshots::ExportArgs),

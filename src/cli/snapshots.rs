@@ -33,9 +33,8 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// The tenant whose data to replace.
     tenant_id: String,
-    /// A snapshot in the server's backups folder, as `backup` prints it:
-    /// relative to the data directory (`backups/<tenant id>/<time>.db`) or
-    /// absolute.
+    /// One of the tenant's backups, as `backup` prints it: relative to the
+    /// data directory (`backups/<tenant id>/<time>.db`) or absolute.
     backup_path: String,
     #[command(flatten)]
     pub client: ClientArgs,
