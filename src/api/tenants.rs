@@ -330,13 +330,16 @@ impl TenantService for TenantApi {
         &self,
         _request: Request<pb::MigrateTenantsRequest>,
     ) -> Result<Response<Self::MigrateTenantsStream>, Status> {
-        let (reports, mut received) = mpsc::channel::<MigrationReport>(1);
+        let (reports, received) = mpsc::channel::<MigrationReport>(1);
         let (producer, answer) = stream::open(self.settings.stream_stall);
         let registry = self.lifecycle.registry().clone();
         let workers = self.settings.migrate_workers;
         let catalog = self.catalog.clone();
         tokio::spawn(async move {
             let forward = async {
+                // Owned here, so that it is dropped when the client stops
+                // reading: the migration then starts no further tenant.
+                let mut received = received;
                 let (mut ok, mut failed) = (0u64, 0u64);
                 while let Some(report) = received.recv().await {
                     if report.result.is_ok() {

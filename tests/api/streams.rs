@@ -221,3 +221,67 @@ async fn stalled_exports_are_bounded_by_the_staging_folder_and_the_call_limit() 
     }
     assert!(bytes > 256 * 1024, "{bytes}");
 }
+
+#[tokio::test]
+async fn a_migration_whose_client_stops_reading_holds_up_no_delete_and_ends() {
+    let server = crate::common::spawn().await;
+    let mut tenants = Vec::new();
+    for n in 0..120 {
+        tenants.push(server.tenant(&format!("old-{n:03}")).await);
+    }
+    let dir = server.stop().await;
+    for tenant in &tenants {
+        crate::migrations::write_v1_tenant(
+            &dir.path().join(format!("data/tenants/{}.db", tenant.id)),
+            &["from version 1"],
+        );
+    }
+    let all: Vec<&TestTenant> = tenants.iter().collect();
+    crate::migrations::record_version(&dir, &all, 1);
+    let server = crate::common::spawn_in(dir, |config| config.stream_stall_ms = 1500).await;
+
+    let mut reader = slow_reader(&server).await;
+    let stalled = reader
+        .migrate_tenants(as_admin(pb::MigrateTenantsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    // Every tenant can be deleted while nobody reads the migration: none is
+    // held by a migration waiting to report.
+    let mut admin = server.admin().await;
+    for tenant in &tenants {
+        let mut delete = as_admin(pb::DeleteTenantRequest {
+            id: tenant.id.clone(),
+            ..Default::default()
+        });
+        delete.set_timeout(Duration::from_secs(2));
+        admin
+            .delete_tenant(delete)
+            .await
+            .expect("a tenant is deleted while a migration stalls");
+    }
+    let started = Instant::now();
+    loop {
+        let events = admin
+            .list_audit_events(as_admin(pb::ListAuditEventsRequest {
+                page_size: 1000,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if let Some(event) = events.iter().find(|e| e.action == "MigrateTenants") {
+            assert!(event.outcome.starts_with("UNAVAILABLE"), "{event:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the migration never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answers: Vec<_> = stalled.collect().await;
+    let last = answers.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(last.code(), Code::Unavailable, "{last:?}");
+}
