@@ -732,7 +732,7 @@ impl Writer {
         // A connection permit, like a read's, so that the pool always has a
         // connection for whoever holds one: waiting here has no timeout,
         // waiting in the pool would.
-        let Ok(_permit) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
+        let Ok(permit) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
             return fail_all(
                 batch,
                 Error::Unavailable("the database was closed; retry the call".into()),
@@ -806,7 +806,11 @@ impl Writer {
                 Err(error) => finished.extend(fail_all(kept, error)),
             }
         }
+        // The rest runs as a batch of its own, which takes a permit of its
+        // own: this one goes first, or a batch with several broken writes
+        // would wait for permits its own earlier rounds hold.
         drop(conn);
+        drop(permit);
         if !rest.is_empty() {
             finished.extend(self.run(rest));
         }
@@ -1128,6 +1132,56 @@ mod tests {
             .map(|c| c.code);
         assert_eq!(full, Some(rusqlite::ffi::ErrorCode::DiskFull));
         assert!(outcomes[2].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_with_many_writes_past_the_quota_does_not_stall_the_writer() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let settings = PoolSettings {
+            max_bytes: Some(64 * 1024),
+            ..PoolSettings::new(2, 256, Duration::from_secs(5))
+        };
+        let db = database_with(dir.path(), settings);
+        let (first, release) = hold_writer(&db).await;
+        // Every other write is too big: each one breaks the batch it is in.
+        let mut queued = Vec::new();
+        for n in 1..=8i64 {
+            let db = db.clone();
+            let mut write = Box::pin(async move {
+                db.write(move |tx| {
+                    let size = if n % 2 == 0 { 256 * 1024 } else { 16 };
+                    tx.execute("INSERT INTO t (n, b) VALUES (?1, zeroblob(?2))", [n, size])
+                        .map(|_| ())
+                        .context(|| format!("inserting {n}"))
+                })
+                .await
+            });
+            assert!(futures::poll!(&mut write).is_pending());
+            queued.push(write);
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut outcomes = Vec::new();
+            for write in queued {
+                outcomes.push(write.await);
+            }
+            outcomes
+        })
+        .await
+        .expect("every write is answered");
+        let full = answered
+            .iter()
+            .filter(|o| {
+                o.as_ref()
+                    .err()
+                    .and_then(Error::sqlite_code)
+                    .map(|c| c.code)
+                    == Some(rusqlite::ffi::ErrorCode::DiskFull)
+            })
+            .count();
+        assert_eq!(full, 4, "{answered:?}");
+        db.retire().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
