@@ -11,6 +11,9 @@ pub use crate::pagination::Cursor;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// The most revisions an item has: within the integers every JSON client
+/// reads exactly (2^53), since the revision is in its etag.
+pub const MAX_REVISION: i64 = (1 << 53) - 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
@@ -258,7 +261,17 @@ pub fn update(
         item.due_time = due_time;
     }
     item.update_time = now_micros().max(item.update_time);
-    item.revision += 1;
+    item.revision = item
+        .revision
+        .checked_add(1)
+        .filter(|revision| *revision <= MAX_REVISION)
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "item {} has been updated the most times an item can be ({MAX_REVISION}): \
+                 create a new item in its place",
+                item.id
+            ))
+        })?;
     tx.prepare_cached(
         "UPDATE items SET title = ?2, description = ?3, completed = ?4, update_time = ?5,
                           revision = ?6, due_time = ?7
@@ -348,6 +361,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_item_at_its_last_revision_is_not_updated_again() {
+        let mut conn = tenant_db();
+        let tx = conn.transaction().unwrap();
+        let item = insert(
+            &tx,
+            NewItem {
+                title: "old".into(),
+                description: String::new(),
+                completed: false,
+                due_time: None,
+            },
+        )
+        .unwrap();
+        tx.execute("UPDATE items SET revision = ?1", [MAX_REVISION - 1])
+            .unwrap();
+        let changes = || ItemChanges {
+            completed: Some(true),
+            ..Default::default()
+        };
+        let last = update(&tx, item.id, changes(), None).unwrap();
+        assert_eq!(last.revision, MAX_REVISION);
+        let refused = update(&tx, item.id, changes(), None).unwrap_err();
+        assert!(
+            matches!(refused, Error::FailedPrecondition(_)),
+            "{refused:?}"
+        );
+        assert_eq!(get(&tx, item.id).unwrap().unwrap().revision, MAX_REVISION);
     }
 
     #[test]

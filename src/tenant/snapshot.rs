@@ -300,7 +300,7 @@ fn check_rows(conn: &Connection, version: u32) -> Result<()> {
             && crate::items::check_description("description", &description).is_ok()
             && (0..=1).contains(&completed)
             && times.iter().all(|t| crate::clock::is_valid(*t))
-            && revision >= 1
+            && (1..=crate::items::MAX_REVISION).contains(&revision)
             && due_time.is_none_or(crate::clock::is_valid);
         if !valid {
             return Err(not_valid(&format!(

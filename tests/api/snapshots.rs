@@ -181,6 +181,15 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
             ),
         ),
         (
+            "a revision an update would overflow",
+            crafted(
+                dir,
+                "revision.db",
+                &good,
+                "UPDATE items SET revision = 9223372036854775807 WHERE title = 'first'",
+            ),
+        ),
+        (
             "an audit event by nobody",
             crafted(
                 dir,
