@@ -256,9 +256,17 @@ async fn produce(
         })
         .buffered(parallelism.max(1));
     loop {
-        let next = match &deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.at(), reads.next()).await,
-            None => Ok(reads.next().await),
+        let next = async {
+            match &deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.at(), reads.next()).await,
+                None => Ok(reads.next().await),
+            }
+        };
+        // Tenants with nothing to send send nothing: a client gone is
+        // noticed while they are read, not at the next match.
+        let next = tokio::select! {
+            next = next => next,
+            () = producer.gone() => return "CANCELLED",
         };
         let batch = match next {
             Err(_) => {

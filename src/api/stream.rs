@@ -96,6 +96,12 @@ impl<T> Producer<T> {
     pub fn is_gone(&self) -> bool {
         self.messages.is_closed()
     }
+
+    /// Waits until the client goes away: for a producer whose work may
+    /// send nothing for a long time, so that it stops when nobody waits.
+    pub async fn gone(&self) {
+        self.messages.closed().await;
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +131,11 @@ mod tests {
     #[tokio::test]
     async fn a_reader_that_went_away_stops_the_producer() {
         let (producer, answer) = open::<u32>(Duration::from_secs(60));
+        let waiting = producer.gone();
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
         drop(answer);
+        waiting.await;
         assert!(producer.is_gone());
         assert_eq!(producer.send(1).await, Err(Stopped::Gone));
     }
