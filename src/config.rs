@@ -131,11 +131,13 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_ADMIN_RESERVED_CALLS", default_value_t = 16)]
     pub admin_reserved_calls: usize,
 
-    /// Most health watches (grpc.health.v1.Health/Watch, which stay open)
-    /// at once; more are refused with RESOURCE_EXHAUSTED. Health checks are
-    /// not bounded.
-    #[arg(long, env = "TENANTRY_MAX_HEALTH_WATCHES", default_value_t = 256)]
-    pub max_health_watches: usize,
+    /// Most open streams that need no credential at once: health watches
+    /// (grpc.health.v1.Health/Watch) and reflection streams (what grpcurl
+    /// asks for). More are refused with RESOURCE_EXHAUSTED; they never take
+    /// the call slots of --max-concurrent-calls. Health checks are not
+    /// bounded.
+    #[arg(long, env = "TENANTRY_MAX_OPEN_STREAMS", default_value_t = 256)]
+    pub max_open_streams: usize,
 
     /// Milliseconds a call's request may take to arrive whole (an upload:
     /// the longest pause between its messages); a slower one is ended, and
@@ -267,7 +269,7 @@ impl Config {
         crate::limits::Limits {
             max_calls: self.max_concurrent_calls.max(1),
             admin_reserved: self.admin_reserved_calls,
-            max_watches: self.max_health_watches,
+            max_open_streams: self.max_open_streams,
             default_timeout: Duration::from_millis(self.call_timeout_ms),
             max_message_bytes: self.max_message_bytes,
             body_timeout: Duration::from_millis(self.request_body_timeout_ms.max(1)),

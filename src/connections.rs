@@ -30,7 +30,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -241,8 +241,18 @@ impl Connection {
         if self.activity.open_calls.load(Ordering::Relaxed) > 0 {
             return None;
         }
+        Some(self.since_last_call())
+    }
+
+    fn since_last_call(&self) -> Duration {
         let last = Duration::from_millis(self.activity.last_call_end_ms.load(Ordering::Relaxed));
-        Some(self.began.elapsed().saturating_sub(last))
+        self.began.elapsed().saturating_sub(last)
+    }
+
+    /// Whether a call that counts is open on it: one that carries a
+    /// credential and was not refused.
+    fn busy(&self) -> bool {
+        self.activity.busy_calls.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -269,6 +279,10 @@ impl Open {
     }
 
     /// Tells the least useful connection to go; false if every one is busy.
+    /// The least useful: one that has not finished its handshake, then one
+    /// without calls (the longest idle first), then one whose calls do not
+    /// count (health, reflection, refusals): anyone can open those, so
+    /// they keep no connection in place.
     fn make_room(&self) -> bool {
         let entries = self.entries.lock().expect("never poisoned");
         let unfinished = entries
@@ -278,9 +292,8 @@ impl Open {
         let victim = unfinished.or_else(|| {
             entries
                 .values()
-                .filter_map(|c| c.idle_for().map(|idle| (idle, c)))
-                .max_by_key(|(idle, _)| *idle)
-                .map(|(_, c)| c)
+                .filter(|c| !c.busy())
+                .max_by_key(|c| (c.idle_for().is_some(), c.since_last_call()))
         });
         match victim {
             Some(connection) => {
@@ -337,6 +350,8 @@ impl Drop for Registered {
 struct Activity {
     bytes_read: AtomicU64,
     open_calls: AtomicUsize,
+    /// The open calls that count (see [`CallActivity`]).
+    busy_calls: AtomicUsize,
     /// When the last call ended, in milliseconds since the connection began.
     last_call_end_ms: AtomicU64,
     /// Set when the connection must close now, calls or not.
@@ -392,7 +407,12 @@ async fn serve_connection<S>(
                 }
             }
             () = this.leave.notified() => {
-                if !this.handshaken() || this.activity.closing.load(Ordering::Relaxed) {
+                // Calls that do not count (a health watch, a request that
+                // never ends) would keep it open past a GOAWAY: it closes.
+                if !this.handshaken()
+                    || this.activity.closing.load(Ordering::Relaxed)
+                    || (!this.busy() && this.idle_for().is_none())
+                {
                     return;
                 }
                 if !going_away {
@@ -489,13 +509,15 @@ where
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(Peer(self.peer));
-        self.connection
-            .activity
-            .open_calls
-            .fetch_add(1, Ordering::Relaxed);
-        let open = OpenCall {
+        let activity = &self.connection.activity;
+        activity.open_calls.fetch_add(1, Ordering::Relaxed);
+        activity.busy_calls.fetch_add(1, Ordering::Relaxed);
+        let standing = CallActivity {
             connection: self.connection.clone(),
+            counts: Arc::new(AtomicBool::new(true)),
         };
+        request.extensions_mut().insert(standing.clone());
+        let open = OpenCall { standing };
         let called = self.inner.clone().oneshot(request);
         Box::pin(async move {
             let response = called.await?;
@@ -509,15 +531,39 @@ where
     }
 }
 
+/// A call's standing on its connection, in the call's extensions: a call
+/// counts (keeps its connection from being displaced when the server is at
+/// its connection cap) until a layer says it does not, for a call that
+/// needs no credential or was refused.
+#[derive(Clone)]
+pub struct CallActivity {
+    connection: Arc<Connection>,
+    counts: Arc<AtomicBool>,
+}
+
+impl CallActivity {
+    /// From now on the call does not count.
+    pub fn discount(&self) {
+        if self.counts.swap(false, Ordering::Relaxed) {
+            self.connection
+                .activity
+                .busy_calls
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One call counted as open on its connection until dropped.
 struct OpenCall {
-    connection: Arc<Connection>,
+    standing: CallActivity,
 }
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        let activity = &self.connection.activity;
-        let now = self.connection.began.elapsed().as_millis() as u64;
+        self.standing.discount();
+        let connection = &self.standing.connection;
+        let activity = &connection.activity;
+        let now = connection.began.elapsed().as_millis() as u64;
         activity.last_call_end_ms.fetch_max(now, Ordering::Relaxed);
         activity.open_calls.fetch_sub(1, Ordering::Relaxed);
     }

@@ -10,9 +10,11 @@
 //! - **A reserve for the admin.** `admin_reserved` of those slots are for
 //!   the admin API alone: however many calls the tenants send, an operator
 //!   can still suspend a tenant or revoke a key.
-//! - **Health.** Health checks are exempt, so that an overloaded server
-//!   still answers its probes; health watches, which stay open, have a bound
-//!   of their own (`max_watches`).
+//! - **Calls without a credential.** Health checks are exempt, so that an
+//!   overloaded server still answers its probes; health watches and
+//!   reflection streams, which stay open and need no credential, have a
+//!   bound of their own (`max_open_streams`) and never take the slots of
+//!   calls that carry one.
 //! - **Deadlines.** A call ends at the client's deadline (`grpc-timeout`) or
 //!   at the server's default timeout, whichever comes first. The call's
 //!   [`Deadline`] decides what its caller hears: DEADLINE_EXCEEDED "nothing
@@ -46,7 +48,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::connections::Held;
+use crate::connections::{CallActivity, Held};
 use crate::deadline::{Deadline, Expiry};
 use crate::error::{Error, Result};
 
@@ -65,6 +67,7 @@ const LONG_CALLS: [&str; 4] = [
 const UPLOAD: &str = "/tenantry.v1.TenantService/ImportTenant";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+const REFLECTION: &str = "/grpc.reflection.";
 const ADMIN_API: &str = "/tenantry.v1.TenantService/";
 
 /// How long a call whose deadline passed while its work was being
@@ -77,8 +80,8 @@ pub struct Limits {
     pub max_calls: usize,
     /// How many of them only the admin API may use.
     pub admin_reserved: usize,
-    /// Most health watches open at once.
-    pub max_watches: usize,
+    /// Most health watches and reflection streams open at once.
+    pub max_open_streams: usize,
     /// A call's deadline when the client sets none, or a later one.
     pub default_timeout: Duration,
     /// Largest request message, in bytes.
@@ -100,7 +103,7 @@ pub struct LimitsLayer {
     shared: Arc<Semaphore>,
     /// Slots only admin calls may take, once the shared ones are gone.
     reserved: Arc<Semaphore>,
-    watches: Arc<Semaphore>,
+    open_streams: Arc<Semaphore>,
 }
 
 impl LimitsLayer {
@@ -111,7 +114,7 @@ impl LimitsLayer {
         LimitsLayer {
             shared: Arc::new(Semaphore::new(limits.max_calls.max(1) - reserved)),
             reserved: Arc::new(Semaphore::new(reserved)),
-            watches: Arc::new(Semaphore::new(limits.max_watches)),
+            open_streams: Arc::new(Semaphore::new(limits.max_open_streams)),
             limits,
         }
     }
@@ -122,17 +125,18 @@ impl LimitsLayer {
         if path == HEALTH_CHECK {
             return Ok(None);
         }
-        if path == HEALTH_WATCH {
+        if is_open_stream(path) {
             return self
-                .watches
+                .open_streams
                 .clone()
                 .try_acquire_owned()
                 .map(Some)
                 .map_err(|_| {
                     Error::ResourceExhausted(format!(
-                        "the server already has {} health watches open, the most it keeps: \
-                     use Check, or watch from fewer clients",
-                        self.limits.max_watches
+                        "the server already has {} open streams that need no credential \
+                         (health watches and reflection), the most it keeps \
+                         (--max-open-streams): use Health/Check, or watch from fewer clients",
+                        self.limits.max_open_streams
                     ))
                 });
         }
@@ -201,6 +205,17 @@ where
             Err(error) => return refuse(error),
         };
         let started = Instant::now();
+        // Calls anyone may make, without a credential, and calls refused,
+        // keep no connection in place at the connection cap.
+        let standing = request.extensions().get::<CallActivity>().cloned();
+        let discount = move || {
+            if let Some(standing) = &standing {
+                standing.discount();
+            }
+        };
+        if path == HEALTH_CHECK || is_open_stream(path) {
+            discount();
+        }
         // Held back, but heard well before the caller's deadline.
         let refusal_delay = timeout.map_or(limits.refusal_delay, |timeout| {
             limits.refusal_delay.min(timeout / 2)
@@ -208,6 +223,7 @@ where
         let slot = match self.layer.slot(path) {
             Ok(slot) => slot,
             Err(error) => {
+                discount();
                 return Box::pin(async move {
                     tokio::time::sleep(refusal_delay).await;
                     Ok(Status::from(error).into_http())
@@ -246,6 +262,7 @@ where
                 Ok(response) if is_refusal(&response) => {
                     // Held back, without its slot: see `refusal_delay`.
                     drop(slot);
+                    discount();
                     tokio::time::sleep(refusal_delay).await;
                     return Ok(response);
                 }
@@ -286,6 +303,12 @@ fn is_refusal(response: &Response<Body>) -> bool {
                 | Code::PermissionDenied
         )
     )
+}
+
+/// Whether `path` is a stream that stays open and needs no credential: a
+/// health watch, or reflection.
+pub fn is_open_stream(path: &str) -> bool {
+    path == HEALTH_WATCH || path.starts_with(REFLECTION)
 }
 
 /// The server's deadline for a client's `timeout`: a little earlier, so

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::common::{
-    ServerProcess, as_admin, drive, grpc_frame, grpc_headers, new_item, raw_h2, spawn_with,
+    ServerProcess, TestTenant, as_admin, drive, grpc_frame, grpc_headers, new_item, raw_h2,
+    spawn_with,
 };
 
 /// The client's HTTP/2 connection preface.
@@ -107,24 +108,42 @@ async fn a_connection_without_calls_is_told_to_go_away_once_idle() {
     );
 }
 
-/// A connection with a call open: a health watch, which stays open.
-async fn busy_connection(
+/// A connection with a call open on it that `metadata` authorizes, or not:
+/// a CreateItem whose request never ends. It is open once a health check
+/// sent after it is answered.
+async fn connection_with_open_call(
     addr: std::net::SocketAddr,
+    metadata: &[(&str, &str)],
 ) -> (
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<()>,
-    h2::RecvStream,
+    h2::SendStream<bytes::Bytes>,
 ) {
-    let (mut calls, mut connection) = raw_h2(addr).await;
-    let watch = grpc_headers("/grpc.health.v1.Health/Watch", &[]);
-    let (response, mut body) = calls.send_request(watch, false).unwrap();
-    body.send_data(grpc_frame(&HealthCheckRequest::default()), true)
-        .unwrap();
-    let response = drive(&mut connection, response).await.unwrap();
+    let (mut calls, connection) = raw_h2(addr).await;
+    let create = grpc_headers("/tenantry.v1.ItemService/CreateItem", metadata);
+    let (_response, body) = calls.send_request(create, false).unwrap();
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    (calls, driver, response.into_body())
+    assert_eq!(check(&mut calls).await, 200);
+    (calls, driver, body)
+}
+
+/// A connection with a call that counts open: one with a credential.
+async fn busy_connection(
+    addr: std::net::SocketAddr,
+    tenant: &TestTenant,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+    h2::SendStream<bytes::Bytes>,
+) {
+    let bearer = format!("Bearer {}", tenant.key);
+    connection_with_open_call(
+        addr,
+        &[("authorization", &bearer), ("x-tenant-id", &tenant.id)],
+    )
+    .await
 }
 
 /// A health check on a connection whose driver runs elsewhere.
@@ -169,11 +188,16 @@ async fn newcomer(
 
 #[tokio::test]
 async fn past_the_connection_cap_a_new_connection_displaces_an_idle_one_or_is_closed() {
-    let server = spawn_with(|config| config.max_connections = 3).await;
+    let server = spawn_with(|config| {
+        config.max_connections = 3;
+        config.request_body_timeout_ms = 60_000;
+    })
+    .await;
+    let tenant = server.tenant("acme").await;
     let mut held = vec![
-        busy_connection(server.addr).await,
-        busy_connection(server.addr).await,
-        busy_connection(server.addr).await,
+        busy_connection(server.addr, &tenant).await,
+        busy_connection(server.addr, &tenant).await,
+        busy_connection(server.addr, &tenant).await,
     ];
     // A call is open on every connection: a fourth is closed at once.
     let fourth = TcpStream::connect(server.addr).await.unwrap();
@@ -196,6 +220,54 @@ async fn past_the_connection_cap_a_new_connection_displaces_an_idle_one_or_is_cl
     for (calls, _, _) in &mut held {
         assert_eq!(check(calls).await, 200, "busy connections stay");
     }
+}
+
+#[tokio::test]
+async fn connections_holding_only_calls_anyone_may_make_do_not_keep_newcomers_out() {
+    let server = spawn_with(|config| {
+        config.max_connections = 3;
+        config.request_body_timeout_ms = 60_000;
+        config.refusal_delay_ms = 5_000;
+    })
+    .await;
+    let mut held = Vec::new();
+    // A health check whose request never ends.
+    let (mut calls, driver) = newcomer(server.addr).await;
+    let request = grpc_headers("/grpc.health.v1.Health/Check", &[]);
+    let (_check, body) = calls.send_request(request, false).unwrap();
+    assert_eq!(check(&mut calls).await, 200);
+    held.push((calls, driver, body));
+    // A health watch, which stays open.
+    let (mut calls, driver) = newcomer(server.addr).await;
+    let request = grpc_headers("/grpc.health.v1.Health/Watch", &[]);
+    let (_watch, mut body) = calls.send_request(request, false).unwrap();
+    body.send_data(grpc_frame(&HealthCheckRequest::default()), false)
+        .unwrap();
+    assert_eq!(check(&mut calls).await, 200);
+    held.push((calls, driver, body));
+    // A call with a wrong key, whose refusal is held back.
+    let (mut calls, driver) = newcomer(server.addr).await;
+    let request = grpc_headers(
+        "/tenantry.v1.TenantService/ListTenants",
+        &[("authorization", "Bearer wrong")],
+    );
+    let (_refused, mut body) = calls.send_request(request, false).unwrap();
+    body.send_data(
+        grpc_frame(&tenantry::pb::ListTenantsRequest::default()),
+        true,
+    )
+    .unwrap();
+    assert_eq!(check(&mut calls).await, 200);
+    held.push((calls, driver, body));
+
+    // At the cap, a newcomer is served: one of them made room.
+    let (mut calls, _driver) = newcomer(server.addr).await;
+    assert_eq!(check(&mut calls).await, 200);
+    let displaced = futures::future::select_all(held.iter_mut().map(|(_, driver, _)| driver));
+    let (ended, _, _) = tokio::time::timeout(Duration::from_secs(10), displaced)
+        .await
+        .expect("a connection holding only such calls was closed");
+    ended.expect("its driver ended on its own");
 }
 
 /// The server binary under an open-file limit of 400, with room for 20

@@ -342,7 +342,7 @@ async fn a_call_whose_body_never_comes_ends_after_the_body_timeout() {
 
 #[tokio::test]
 async fn health_watches_have_a_bound_of_their_own_and_checks_none() {
-    let server = spawn_with(|config| config.max_health_watches = 3).await;
+    let server = spawn_with(|config| config.max_open_streams = 3).await;
     let channel = crate::common::connect(server.addr).await;
     let mut health = HealthClient::new(channel);
     let mut watching = Vec::new();
@@ -357,7 +357,7 @@ async fn health_watches_have_a_bound_of_their_own_and_checks_none() {
     }
     let refused = health.watch(HealthCheckRequest::default()).await;
     let status = expect_code(refused, Code::ResourceExhausted);
-    assert!(status.message().contains("3 health watches"), "{status:?}");
+    assert!(status.message().contains("3 open streams"), "{status:?}");
     health
         .check(HealthCheckRequest::default())
         .await
@@ -374,4 +374,65 @@ async fn health_watches_have_a_bound_of_their_own_and_checks_none() {
         }
     };
     again.expect("a watch in the room a finished one left");
+}
+
+/// A reflection stream held open on a raw connection; the connection's
+/// driver.
+async fn reflection_stream(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::RecvStream,
+    h2::SendStream<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (mut calls, mut connection) = raw_h2(addr).await;
+    let request = grpc_headers(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        &[],
+    );
+    let (response, body) = calls.send_request(request, false).unwrap();
+    let response = crate::common::drive(&mut connection, response)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("grpc-status"),
+        None,
+        "the stream is open: {response:?}"
+    );
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (response.into_body(), body, driver)
+}
+
+#[tokio::test]
+async fn reflection_streams_without_a_credential_take_no_call_slot() {
+    let server = spawn_with(|config| {
+        config.max_concurrent_calls = 2;
+        config.tenant_max_concurrent_calls = 2;
+        config.admin_reserved_calls = 0;
+        config.max_open_streams = 3;
+    })
+    .await;
+    let tenant = server.tenant("acme").await;
+    // More reflection streams than there are call slots, held open.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(reflection_stream(server.addr).await);
+    }
+    // Calls with a credential still have every slot.
+    let mut items = server.items().await;
+    items
+        .create_item(tenant.call(new_item("served")))
+        .await
+        .expect("open streams take no call slot");
+    assert_eq!(all_titles(&server, &tenant).await, ["served"]);
+    // They count against the bound of open streams, as health watches do.
+    let channel = crate::common::connect(server.addr).await;
+    let refused = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await;
+    let status = expect_code(refused, Code::ResourceExhausted);
+    assert!(status.message().contains("3 open streams"), "{status:?}");
+    drop(open);
 }
