@@ -11,8 +11,10 @@
 //! operation it started goes on. Unset, which is how tenantry runs in
 //! production, a point costs one comparison.
 //!
-//! The points: `create.after-file`, `delete.after-mark`, `delete.after-move`,
-//! `restore.after-record`, `restore.after-trash`, `restore.after-swap`.
+//! The points: `operation.after-record` (any operation, between its record
+//! and its steps), `create.after-file`, `delete.after-mark`,
+//! `delete.after-move`, `restore.after-record`, `restore.after-trash`,
+//! `restore.after-swap`.
 
 use std::sync::OnceLock;
 use std::time::Duration;

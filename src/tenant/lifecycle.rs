@@ -581,21 +581,30 @@ impl Lifecycle {
         let held = self.registry.exclusive(id).await;
         let time = now_micros();
         let staging = file_name(staged.path());
-        let trash = file_name(&self.data_dir().trash_file(id, time));
+        // None when there is no file to move aside (recovery tells by it
+        // whether the copy was put in place).
+        let trash = self
+            .data_dir()
+            .tenant_file(id)
+            .exists()
+            .then(|| file_name(&self.data_dir().trash_file(id, time)));
         let lifecycle = self.clone();
-        let started = self
-            .operations
+        self.operations
             .start(
                 self.catalog(),
                 call.clone(),
                 |op| OperationRecord {
                     staging_file: Some(staging),
-                    trash_file: Some(trash),
+                    trash_file: trash,
                     ..record(op, id, &call, time)
                 },
                 held,
                 move |tx| visible_tenant(tx, id).map(|_| ()),
                 move |op| async move {
+                    // Recorded: the operation moves the copy into place.
+                    // Unrecorded, these steps are dropped and the copy with
+                    // them.
+                    staged.keep();
                     fault::reached("restore.after-record").await;
                     let (catalog, data_dir) =
                         (lifecycle.catalog().clone(), lifecycle.data_dir().clone());
@@ -604,14 +613,12 @@ impl Lifecycle {
                     persist("restoring a tenant", move || {
                         finish_restore(&catalog, &data_dir, &op, &result, &detail)
                     })
-                    .await;
-                    Ok(Done::Restored(restored))
+                    .await
+                    .map(|()| Done::Restored(restored))
+                    .map_err(Arc::new)
                 },
             )
-            .await?;
-        // Recorded: the operation moves the copy into place.
-        staged.keep();
-        Ok(started)
+            .await
     }
 }
 
@@ -791,7 +798,7 @@ fn record(id: uuid::Uuid, tenant: TenantId, call: &Call, time: Micros) -> Operat
         tenant_id: tenant,
         kind: call.kind,
         action: call.action.to_owned(),
-        request: call.request.clone(),
+        request: call.identity(),
         request_id: call.request_id,
         staging_file: None,
         trash_file: None,
@@ -834,16 +841,18 @@ fn deleted_already(conn: &rusqlite::Connection, id: TenantId, purge: bool) -> Re
 /// Runs a step of an operation until it succeeds: a step past the point of
 /// no return must happen, and every step is idempotent. A failure (a disk
 /// error, a full disk) is logged and tried again, waiting longer each time.
-async fn persist<F>(what: &'static str, step: F)
+/// What the step returns is how the operation ended.
+async fn persist<T, F>(what: &'static str, step: F) -> T
 where
-    F: Fn() -> Result<()> + Send + Sync + 'static,
+    T: Send + 'static,
+    F: Fn() -> Result<T> + Send + Sync + 'static,
 {
     let step = Arc::new(step);
     let mut wait = Duration::from_millis(100);
     loop {
         let attempt = step.clone();
         match run_blocking(move || attempt()).await {
-            Ok(()) => return,
+            Ok(value) => return value,
             Err(error) => {
                 tracing::error!(error = %crate::error::error_chain(&error), ?wait, "{what} failed; trying again");
                 tokio::time::sleep(wait).await;
@@ -921,30 +930,49 @@ fn finish_delete(
 
 /// The steps of a restore once it is recorded and nothing has the tenant's
 /// file open: the current file to the trash, the checked copy into place,
-/// then the operation's end. Idempotent: recovery runs it again. Blocking.
+/// then the operation's end. Idempotent: recovery runs it again. The outer
+/// error is a step to try again; the inner one is how the restore ended,
+/// when its checked copy was lost before it was put in place. Blocking.
 fn finish_restore(
     catalog: &Catalog,
     data_dir: &DataDir,
     op: &OperationRecord,
     result: &str,
     detail: &str,
-) -> Result<()> {
+) -> Result<Result<()>> {
     let id = op.tenant_id;
     let file = data_dir.tenant_file(id);
-    let missing = |what| Error::internal("restoring a tenant", format!("no {what} recorded"));
     let staged = data_dir.staging_dir().join(
         op.staging_file
             .as_deref()
-            .ok_or_else(|| missing("staging file"))?,
+            .ok_or_else(|| Error::internal("restoring a tenant", "no staging file recorded"))?,
     );
-    let trash = data_dir.trash_dir().join(
-        op.trash_file
-            .as_deref()
-            .ok_or_else(|| missing("trash file"))?,
-    );
-    if staged.exists() {
-        if file.exists() {
-            to_trash(id, &file, &trash)?;
+    let trash = op
+        .trash_file
+        .as_deref()
+        .map(|name| data_dir.trash_dir().join(name));
+    if !staged.exists() {
+        // Either it was moved into place (the old file went to the trash
+        // first, or there was none), or it was lost before: then the
+        // tenant's data is as it was, and the restore failed.
+        let swapped = match &trash {
+            Some(trash) => trash.exists(),
+            None => file.exists(),
+        };
+        if !swapped {
+            let lost = Error::Aborted(format!(
+                "the checked copy of the snapshot ({}) was lost before it was put in place: \
+                 the tenant's data is unchanged; restore again",
+                staged.display()
+            ));
+            catalog.write_now(|tx| operations::finish(tx, op, &Err(&lost), detail))?;
+            return Ok(Err(lost));
+        }
+    } else {
+        if let Some(trash) = &trash
+            && file.exists()
+        {
+            to_trash(id, &file, trash)?;
         }
         fault::point("restore.after-trash");
         // A checked copy is sealed: it has no companions of its own.
@@ -965,7 +993,8 @@ fn finish_restore(
     catalog.write_now(|tx| {
         store::set_schema_version(tx, id, version)?;
         operations::finish(tx, op, &Ok(result.to_owned()), detail)
-    })
+    })?;
+    Ok(Ok(()))
 }
 
 /// Rolls back a creation: its file removed, its catalog row forgotten, and
@@ -1008,11 +1037,16 @@ pub fn recover(catalog: &Catalog, data_dir: &DataDir) -> Result<()> {
                 finish_delete(catalog, data_dir, &op, DETAIL)?;
             }
             OperationKind::Restore => {
-                let (size, sha256) = match op.staging_file.as_deref() {
-                    Some(name) if data_dir.staging_dir().join(name).exists() => {
-                        snapshot::file_sha256(&data_dir.staging_dir().join(name))?
-                    }
-                    _ => snapshot::file_sha256(&data_dir.tenant_file(op.tenant_id))?,
+                let staged = op
+                    .staging_file
+                    .as_deref()
+                    .map(|name| data_dir.staging_dir().join(name))
+                    .filter(|path| path.exists());
+                let current = data_dir.tenant_file(op.tenant_id);
+                let (size, sha256) = match staged {
+                    Some(path) => snapshot::file_sha256(&path)?,
+                    None if current.exists() => snapshot::file_sha256(&current)?,
+                    None => (0, String::new()),
                 };
                 let restored = Restored {
                     tenant_id: op.tenant_id,
@@ -1022,7 +1056,9 @@ pub fn recover(catalog: &Catalog, data_dir: &DataDir) -> Result<()> {
                     sha256,
                 };
                 let result = serde_json::to_string(&restored).unwrap_or_default();
-                finish_restore(catalog, data_dir, &op, &result, DETAIL)?;
+                if let Err(error) = finish_restore(catalog, data_dir, &op, &result, DETAIL)? {
+                    tracing::warn!(tenant = %op.tenant_id, operation = %op.id, error = %error, "an interrupted restore could not be finished");
+                }
             }
         }
     }

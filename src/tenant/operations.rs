@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::catalog::operations::{self, OperationKind, OperationRecord};
@@ -64,6 +64,15 @@ pub struct Call {
     /// subject (such as the backup a restore names).
     pub request: String,
     pub request_id: Option<Uuid>,
+}
+
+impl Call {
+    /// What tells a retry of this call from any other call: the same
+    /// request on the same subject (a `request_id` reused on another
+    /// tenant names another call).
+    pub fn identity(&self) -> String {
+        format!("{} {}", self.subject, self.request)
+    }
 }
 
 /// The operations running in this process, and the way to their outcomes.
@@ -129,12 +138,12 @@ impl Operations {
                 .or_else(|| {
                     running
                         .get(&call.subject)
-                        .filter(|r| r.action == call.action && r.request == call.request)
+                        .filter(|r| r.action == call.action && r.request == call.identity())
                 })
                 .cloned()
         };
         if let Some(running) = joined {
-            if running.action != call.action || running.request != call.request {
+            if running.action != call.action || running.request != call.identity() {
                 return Err(reused(call));
             }
             join(running.id)?;
@@ -152,7 +161,7 @@ impl Operations {
         else {
             return Ok(None);
         };
-        if record.action != call.action || record.request != call.request {
+        if record.action != call.action || record.request != call.identity() {
             return Err(reused(call));
         }
         // Recorded and done (running ones are in the map, or were finished
@@ -167,8 +176,14 @@ impl Operations {
 
     /// Records the operation of `call`, in one transaction with `changes`
     /// (the state it starts from), if its caller is still waiting; then runs
-    /// `steps` on a task of its own, keeping `hold` until they end. `steps`
-    /// record the operation's end themselves (see [`finish`]).
+    /// `steps`, keeping `hold` until they end. `steps` record the operation's
+    /// end themselves (see [`finish`]).
+    ///
+    /// The record and the steps run on one task of their own, so that a
+    /// caller dropped at any point cannot separate them: either nothing is
+    /// recorded (and `steps` and `hold` are dropped unrun), or the operation
+    /// runs to its end. `steps` take over what the operation needs only once
+    /// it is recorded.
     pub async fn start<H, C, S, F>(
         &self,
         catalog: &Catalog,
@@ -186,39 +201,68 @@ impl Operations {
     {
         let id = Uuid::now_v7();
         let op = record(id);
-        let recorded = op.clone();
         let deadline = deadline::current();
-        catalog
-            .write(move |tx| {
-                changes(tx)?;
-                operations::insert(tx, &recorded)?;
-                // The point of no return: the caller is still waiting, and
-                // from now on hears this operation's outcome, or its id.
-                match &deadline {
-                    Some(deadline) => deadline.commit_operation(id),
-                    None => Ok(()),
-                }
-            })
-            .await?;
-        let (report, done) = watch::channel(None);
+        let (recorded, started) = oneshot::channel();
+        let operations = self.clone();
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            let entry = op.clone();
+            let commit = deadline.clone();
+            let written = deadline::scope(
+                deadline,
+                catalog.write(move |tx| {
+                    changes(tx)?;
+                    operations::insert(tx, &entry)?;
+                    // The point of no return: the caller is still waiting,
+                    // and from now on hears this operation's outcome, or
+                    // its id.
+                    match &commit {
+                        Some(deadline) => deadline.commit_operation(id),
+                        None => Ok(()),
+                    }
+                }),
+            )
+            .await;
+            if let Err(error) = written {
+                let _ = recorded.send(Err(error));
+                return;
+            }
+            let (report, done) = watch::channel(None);
+            let listed = operations.list(&call, id, done.clone());
+            crate::fault::reached("operation.after-record").await;
+            let _ = recorded.send(Ok(Started { id, done }));
+            let outcome = steps(op).await;
+            let _ = report.send(Some(outcome));
+            drop(listed);
+            drop(hold);
+        });
+        started.await.unwrap_or_else(|_| {
+            Err(Error::internal(
+                format!("recording operation {id}"),
+                "the operation's task ended before it was recorded",
+            ))
+        })
+    }
+
+    /// Lists operation `id` as the one running for `call`, until the guard
+    /// returned is dropped (after its outcome is reported, before what it
+    /// holds is released, and also if its steps panic).
+    fn list(&self, call: &Call, id: Uuid, done: watch::Receiver<Option<Outcome>>) -> Listed {
         self.running().insert(
             call.subject.clone(),
             Running {
                 id,
                 action: call.action,
-                request: call.request.clone(),
+                request: call.identity(),
                 request_id: call.request_id,
-                done: done.clone(),
+                done,
             },
         );
-        let operations = self.clone();
-        tokio::spawn(async move {
-            let outcome = steps(op).await;
-            drop(hold);
-            operations.running().remove(&call.subject);
-            let _ = report.send(Some(outcome));
-        });
-        Ok(Started { id, done })
+        Listed {
+            operations: self.clone(),
+            subject: call.subject.clone(),
+            id,
+        }
     }
 
     /// Waits until no operation runs in this process, for at most `grace`:
@@ -253,6 +297,23 @@ impl Operations {
                      done under it"
                 ))
             })
+    }
+}
+
+/// An operation's place in the list of running ones.
+struct Listed {
+    operations: Operations,
+    subject: String,
+    id: Uuid,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let mut running = self.operations.running();
+        // Only its own: another may run on the subject by now.
+        if running.get(&self.subject).is_some_and(|r| r.id == self.id) {
+            running.remove(&self.subject);
+        }
     }
 }
 

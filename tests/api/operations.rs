@@ -388,4 +388,121 @@ async fn a_retry_with_the_same_request_id_is_answered_with_the_first_outcome() {
         Code::InvalidArgument,
     );
     assert!(status.message().starts_with("request_id"), "{status:?}");
+    // So is the same call on another tenant: it is not answered with the
+    // first tenant's outcome, and not done.
+    let globex = server.tenant("globex").await;
+    write(&mut items, &globex, &["globex kept"]).await;
+    let globex_backup = backup_of(&mut admin, &globex).await;
+    write(&mut items, &globex, &["globex later"]).await;
+    let status = expect_code(
+        admin
+            .restore_tenant(as_admin(restore(&globex, &globex_backup, &request_id)))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().starts_with("request_id"), "{status:?}");
+    let delete_id = uuid::Uuid::new_v4().to_string();
+    let deleted = admin
+        .delete_tenant(as_admin(pb::DeleteTenantRequest {
+            id: acme.id.clone(),
+            request_id: delete_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let status = expect_code(
+        admin
+            .delete_tenant(as_admin(pb::DeleteTenantRequest {
+                id: globex.id.clone(),
+                request_id: delete_id,
+                ..Default::default()
+            }))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().starts_with("request_id"), "{status:?}");
+    assert!(!operation_of(&deleted).is_empty());
+    assert_eq!(
+        all_titles(&server, &globex).await,
+        ["globex later", "globex kept"],
+        "nothing was done to the other tenant"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_as_its_operation_is_recorded_cannot_stop_it() {
+    let (dir, acme, backup) = prepared_with_backup().await;
+    // The caller's deadline passes between the record and the first step.
+    let server = ServerProcess::start(
+        &dir,
+        &[(tenantry::fault::PAUSE_ENV, "operation.after-record=1500")],
+    );
+    let mut admin = server.admin().await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let gave_up = admin
+        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 300))
+        .await
+        .unwrap_err();
+    let operation = unknown_outcome(&gave_up);
+    let answer = admin
+        .restore_tenant(as_admin(restore(&acme, &backup, &request_id)))
+        .await
+        .expect("the operation runs on and its retry hears how it ended");
+    assert_eq!(operation_of(&answer), operation);
+    assert_eq!(titles_through(&server, &acme).await, ["kept"]);
+    let done = admin
+        .get_operation(as_admin(pb::GetOperationRequest { id: operation }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32);
+    // A restart has nothing to finish, and the data stays restored.
+    drop(admin);
+    let log = tokio::task::spawn_blocking(move || server.stop_and_read_log())
+        .await
+        .unwrap();
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("finishing an operation")),
+        "{log:?}"
+    );
+    let server = ServerProcess::start(&dir, &[]);
+    assert_eq!(titles_through(&server, &acme).await, ["kept"]);
+}
+
+#[tokio::test]
+async fn a_restore_whose_checked_copy_is_lost_fails_and_leaves_the_tenant_as_it_was() {
+    let (dir, acme, backup) = prepared_with_backup().await;
+    let server = ServerProcess::start(
+        &dir,
+        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=1500")],
+    );
+    let mut admin = server.admin().await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let gave_up = admin
+        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 300))
+        .await
+        .unwrap_err();
+    let operation = unknown_outcome(&gave_up);
+    // An unlucky operator empties the staging folder meanwhile.
+    let staging = dir.path().join("data").join("staging");
+    let staged = files_under(&staging);
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    std::fs::remove_file(staging.join(&staged[0])).unwrap();
+    let status = expect_code(
+        admin
+            .restore_tenant(as_admin(restore(&acme, &backup, &request_id)))
+            .await,
+        Code::Aborted,
+    );
+    assert!(status.message().contains("unchanged"), "{status:?}");
+    let done = admin
+        .get_operation(as_admin(pb::GetOperationRequest { id: operation }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, pb::OperationState::Failed as i32);
+    assert_eq!(done.outcome, "ABORTED");
+    assert_eq!(titles_through(&server, &acme).await, ["later", "kept"]);
+    assert!(files_under(&dir.path().join("data").join("trash")).is_empty());
 }
