@@ -133,6 +133,10 @@ fn is_resource_error(error: &std::io::Error) -> bool {
 
 /// How long a new connection may wait for one told to make room to go.
 const ROOM_WAIT: Duration = Duration::from_millis(200);
+/// How long a connection told to go may take to close on its own, when no
+/// call that counts keeps it: less than [`ROOM_WAIT`], so that the newcomer
+/// it makes room for gets in.
+const LEAVE_GRACE: Duration = Duration::from_millis(100);
 
 /// Serves gRPC over HTTP/2 on `listener` until `shutdown` completes, then
 /// drains the connections for at most `grace`; false if calls were still in
@@ -387,6 +391,10 @@ async fn serve_connection<S>(
     tokio::pin!(connection);
     let mut ticks = tokio::time::interval(TICK);
     let mut going_away = false;
+    // When a connection told to go that has no call that counts is closed,
+    // whether or not its peer answers the GOAWAY's ping.
+    let mut cut_at: Option<tokio::time::Instant> = None;
+    let cut = || Some(tokio::time::Instant::now() + LEAVE_GRACE);
     loop {
         tokio::select! {
             served = &mut connection => {
@@ -403,6 +411,7 @@ async fn serve_connection<S>(
                 if !going_away && this.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
                     tracing::debug!(%peer, "closing an idle connection");
                     going_away = true;
+                    cut_at = cut();
                     connection.as_mut().graceful_shutdown();
                 }
             }
@@ -419,6 +428,18 @@ async fn serve_connection<S>(
                     going_away = true;
                     connection.as_mut().graceful_shutdown();
                 }
+                if !this.busy() {
+                    cut_at = cut();
+                }
+            }
+            () = sleep_until_some(cut_at) => {
+                // A peer that does not answer keeps no idle connection open
+                // (a call that counts, opened meanwhile, finishes first).
+                if !this.busy() {
+                    tracing::debug!(%peer, "closing a connection that did not leave when told");
+                    return;
+                }
+                cut_at = None;
             }
             changed = draining.changed(), if !going_away => {
                 if changed.is_err() || *draining.borrow() {
@@ -427,6 +448,14 @@ async fn serve_connection<S>(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

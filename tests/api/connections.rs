@@ -270,6 +270,50 @@ async fn connections_holding_only_calls_anyone_may_make_do_not_keep_newcomers_ou
     ended.expect("its driver ended on its own");
 }
 
+/// A connection that finishes its handshake (the preface and a SETTINGS
+/// frame, acknowledged by the server) and then sends nothing, not even the
+/// answer to the ping a GOAWAY carries.
+async fn silent_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    // Read frames until the server acknowledges those settings.
+    loop {
+        let mut header = [0u8; 9];
+        tcp.read_exact(&mut header).await.unwrap();
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        tcp.read_exact(&mut payload).await.unwrap();
+        if header[3] == 4 && header[4] & 1 == 1 {
+            return tcp;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_that_ignore_being_told_to_go_do_not_keep_newcomers_out() {
+    let server = spawn_with(|config| config.max_connections = 3).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(silent_connection(server.addr).await);
+    }
+    let (mut calls, _driver) = newcomer(server.addr).await;
+    assert_eq!(check(&mut calls).await, 200);
+    // The one displaced is closed, though it never answered.
+    let mut closed = 0;
+    for stream in silent {
+        let mut stream = stream;
+        let mut sink = Vec::new();
+        if tokio::time::timeout(Duration::from_millis(50), stream.read_to_end(&mut sink))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "none of the silent connections was closed");
+}
+
 /// The server binary under an open-file limit of 400, with room for 20
 /// tenants of 2 connections: what is left after the tenants and the reserve
 /// is the connection cap, so a flood of idle connections cannot take the
