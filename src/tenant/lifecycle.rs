@@ -954,8 +954,13 @@ fn finish_restore(
     if !staged.exists() {
         // Either it was moved into place (the old file went to the trash
         // first, or there was none), or it was lost before: then the
-        // tenant's data is as it was, and the restore failed.
+        // tenant's data is as it was (its file back from the trash, if it
+        // went there), and the restore failed.
         let swapped = match &trash {
+            Some(trash) if trash.exists() && !file.exists() => {
+                data_dir::move_database_files(trash, &file)?;
+                false
+            }
             Some(trash) => trash.exists(),
             None => file.exists(),
         };

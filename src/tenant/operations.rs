@@ -73,6 +73,17 @@ impl Call {
     pub fn identity(&self) -> String {
         format!("{} {}", self.subject, self.request)
     }
+
+    /// Whether `record` is of this call: the same action and identity, or,
+    /// for a record an earlier version wrote (its request without the
+    /// subject), the same request on the same tenant (a creation's request
+    /// names its tenant already).
+    fn recorded_as(&self, record: &OperationRecord) -> bool {
+        let earlier = record.request == self.request
+            && (self.kind == OperationKind::Create
+                || self.subject == format!("tenants/{}", record.tenant_id));
+        record.action == self.action && (record.request == self.identity() || earlier)
+    }
 }
 
 /// The operations running in this process, and the way to their outcomes.
@@ -80,6 +91,9 @@ impl Call {
 #[derive(Clone, Default)]
 pub struct Operations {
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Operations whose record is being written: a caller told that the
+    /// outcome is unknown may look one up before its record is committed.
+    recording: Arc<Mutex<HashMap<Uuid, watch::Receiver<bool>>>>,
 }
 
 #[derive(Clone)]
@@ -161,7 +175,7 @@ impl Operations {
         else {
             return Ok(None);
         };
-        if record.action != call.action || record.request != call.identity() {
+        if !call.recorded_as(&record) {
             return Err(reused(call));
         }
         // Recorded and done (running ones are in the map, or were finished
@@ -202,10 +216,18 @@ impl Operations {
         let id = Uuid::now_v7();
         let op = record(id);
         let deadline = deadline::current();
+        let call_request_id = call.request_id;
+        let retried = call.clone();
         let (recorded, started) = oneshot::channel();
         let operations = self.clone();
-        let catalog = catalog.clone();
+        let task_catalog = catalog.clone();
+        let (written_tx, written_rx) = watch::channel(false);
+        self.recording
+            .lock()
+            .expect("never poisoned")
+            .insert(id, written_rx);
         tokio::spawn(async move {
+            let catalog = task_catalog;
             let entry = op.clone();
             let commit = deadline.clone();
             let written = deadline::scope(
@@ -223,6 +245,12 @@ impl Operations {
                 }),
             )
             .await;
+            operations
+                .recording
+                .lock()
+                .expect("never poisoned")
+                .remove(&id);
+            let _ = written_tx.send(true);
             if let Err(error) = written {
                 let _ = recorded.send(Err(error));
                 return;
@@ -236,12 +264,23 @@ impl Operations {
             drop(listed);
             drop(hold);
         });
-        started.await.unwrap_or_else(|_| {
+        let outcome = started.await.unwrap_or_else(|_| {
             Err(Error::internal(
                 format!("recording operation {id}"),
                 "the operation's task ended before it was recorded",
             ))
-        })
+        });
+        match outcome {
+            // The same call may have been recorded meanwhile under the same
+            // request_id by a retry that raced this one: its outcome answers.
+            Err(error) if call_request_id.is_some() => {
+                match self.existing(catalog, &retried).await {
+                    Ok(Some(started)) => Ok(started),
+                    _ => Err(error),
+                }
+            }
+            outcome => outcome,
+        }
     }
 
     /// Lists operation `id` as the one running for `call`, until the guard
@@ -286,8 +325,18 @@ impl Operations {
         finished
     }
 
-    /// An operation by id, as recorded.
+    /// An operation by id, as recorded (once its record, if it is being
+    /// written, is committed or abandoned).
     pub async fn get(&self, catalog: &Catalog, id: Uuid) -> Result<OperationRecord> {
+        let recording = self
+            .recording
+            .lock()
+            .expect("never poisoned")
+            .get(&id)
+            .cloned();
+        if let Some(mut written) = recording {
+            let _ = written.wait_for(|written| *written).await;
+        }
         catalog
             .read(move |conn| operations::get(conn, id))
             .await?

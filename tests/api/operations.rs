@@ -506,3 +506,66 @@ async fn a_restore_whose_checked_copy_is_lost_fails_and_leaves_the_tenant_as_it_
     assert_eq!(titles_through(&server, &acme).await, ["later", "kept"]);
     assert!(files_under(&dir.path().join("data").join("trash")).is_empty());
 }
+
+#[tokio::test]
+async fn a_restore_cut_after_the_trash_whose_copy_was_lost_puts_the_tenant_back() {
+    let (dir, acme, backup) = prepared_with_backup().await;
+    let crashing = ServerProcess::start(&dir, &[(tenantry::fault::ENV, "restore.after-trash")]);
+    let crashed = crashing
+        .admin()
+        .await
+        .restore_tenant(as_admin(restore(&acme, &backup, "")))
+        .await;
+    assert!(crashed.is_err());
+    assert!(!crashing.wait().success());
+    // An unlucky operator empties the staging folder before the restart.
+    let staging = dir.path().join("data").join("staging");
+    for file in files_under(&staging) {
+        std::fs::remove_file(staging.join(file)).unwrap();
+    }
+    let server = spawn_in(dir, |_| {}).await;
+    assert_eq!(all_titles(&server, &acme).await, ["later", "kept"]);
+    assert!(files_under(&server.data_dir().join("trash")).is_empty());
+    let mut admin = server.admin().await;
+    let restores: Vec<String> = admin_events(&mut admin, &acme)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "RestoreTenant")
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(restores, ["ABORTED"]);
+}
+
+#[tokio::test]
+async fn a_retry_of_an_operation_an_earlier_version_recorded_hears_its_outcome() {
+    let server = spawn_in(Arc::new(TempDir::new().unwrap()), |_| {}).await;
+    let acme = server.tenant("acme").await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let delete = || {
+        as_admin(pb::DeleteTenantRequest {
+            id: acme.id.clone(),
+            request_id: request_id.clone(),
+            purge: false,
+        })
+    };
+    let first = server.admin().await.delete_tenant(delete()).await.unwrap();
+    let dir = server.stop().await;
+    // The earlier version recorded a delete's request without its subject.
+    let catalog = rusqlite::Connection::open(dir.path().join("data").join("catalog.db")).unwrap();
+    let changed = catalog
+        .execute(
+            "UPDATE operations SET request = '' WHERE action = 'DeleteTenant'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(catalog);
+    let server = spawn_in(dir, |_| {}).await;
+    let again = server
+        .admin()
+        .await
+        .delete_tenant(delete())
+        .await
+        .expect("the retry is answered with the first outcome");
+    assert_eq!(operation_of(&again), operation_of(&first));
+}
