@@ -51,17 +51,16 @@
 //! ([`api::stream`]); a reserve keeps room for the catalog when the disk
 //! fills ([`disk`]). Health and reflection need no credential.
 //!
-//! The `tenantry` binary is also the admin client of a running server
-//! ([`cli`]): its commands call the admin API through the generated client,
-//! as any other client does.
+//! The `tenantry` binary is also the admin client of a running server and
+//! its load generator: that code (`src/cli/`, `src/bench/`) is part of the
+//! binary only, and calls the server through the generated client, as any
+//! other client does.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod bench;
 pub mod calls;
 pub mod catalog;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;

@@ -1,11 +1,18 @@
 //! The `tenantry` command: parse the command line, then call the library.
+//!
+//! The admin client ([`cli`]) and the load generator ([`bench`]) are part of
+//! this binary only: the library that tests and benchmarks link holds the
+//! server, and these talk to it as any other client does, over gRPC.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tenantry::config::LogFormat;
-use tenantry::{Application, Config, cli};
+use tenantry::{Application, Config};
+
+mod bench;
+mod cli;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -35,7 +42,7 @@ enum Command {
     Health(cli::HealthArgs),
     /// Measure a server under load, next to Health/Check measured in the
     /// same run (see BENCHMARKS.md).
-    Bench(tenantry::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,8 +86,8 @@ fn main() -> ExitCode {
 }
 
 /// `tenantry bench`: figures on stdout, progress and failures on stderr.
-async fn bench(args: tenantry::bench::BenchArgs) -> ExitCode {
-    match tenantry::bench::run(args).await {
+async fn bench(args: bench::BenchArgs) -> ExitCode {
+    match bench::run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(failure) => {

@@ -19,9 +19,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::target::{Target, bearer};
 use super::{Failure, Mix, Op, Spread};
-use crate::pb::item_service_client::ItemServiceClient;
-use crate::pb::tenant_service_client::TenantServiceClient;
-use crate::pb::{self, CreateApiKeyRequest, CreateTenantRequest};
+use tenantry::pb::item_service_client::ItemServiceClient;
+use tenantry::pb::tenant_service_client::TenantServiceClient;
+use tenantry::pb::{self, CreateApiKeyRequest, CreateTenantRequest};
 
 /// A tenant the benchmark made, with what its calls need.
 pub struct Seeded {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-pub use load::{Load, Measured};
+pub use load::Load;
 
 /// Why a benchmark could not run: printed as is.
 #[derive(Debug)]

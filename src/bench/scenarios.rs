@@ -10,10 +10,10 @@ use rand::rngs::SmallRng;
 use super::load::{Measured, Seeded, drive, item_call, request, seed};
 use super::target::{Footprint, Target};
 use super::{BenchArgs, Failure, Mix, Op, Scenario, Spread};
-use crate::pb::item_service_client::ItemServiceClient;
-use crate::pb::tenant_service_client::TenantServiceClient;
-use crate::pb::{GetTenantRequest, ListTenantsRequest};
-use crate::server::{FDS_PER_CONNECTION, RESERVED_FDS};
+use tenantry::pb::item_service_client::ItemServiceClient;
+use tenantry::pb::tenant_service_client::TenantServiceClient;
+use tenantry::pb::{GetTenantRequest, ListTenantsRequest};
+use tenantry::server::{FDS_PER_CONNECTION, RESERVED_FDS};
 
 /// A ratio to the baseline that a scenario must reach.
 struct Goal {

@@ -18,8 +18,8 @@ use tonic::{Code, Request, Status};
 
 use super::output::Format;
 use super::{Failure, Outcome};
-use crate::auth::Secret;
-use crate::pb::tenant_service_client::TenantServiceClient;
+use tenantry::auth::Secret;
+use tenantry::pb::tenant_service_client::TenantServiceClient;
 
 /// Where the server listens when nothing says otherwise.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
@@ -155,7 +155,7 @@ pub async fn channel(addr: &str, timeout: Option<Duration>) -> Outcome<Channel> 
             code: Code::Unavailable,
             message: format!(
                 "cannot connect to {target} ({}): is the server running there?",
-                crate::error::error_chain(&error)
+                tenantry::error::error_chain(&error)
             ),
         })
 }

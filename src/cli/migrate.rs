@@ -12,10 +12,10 @@ use super::connect::{ServerArgs, TokenArgs, admin};
 use super::output::{Format, print_json};
 use super::progress::Progress;
 use super::{Failure, Outcome};
-use crate::config::{Config, LogFormat};
-use crate::error::error_chain;
-use crate::pb;
-use crate::tenant::migrate::MigrationReport;
+use tenantry::config::{Config, LogFormat};
+use tenantry::error::error_chain;
+use tenantry::pb;
+use tenantry::tenant::migrate::MigrationReport;
 
 #[derive(clap::Args)]
 pub struct MigrateArgs {
@@ -96,7 +96,7 @@ async fn online(server: &ServerArgs, config: &Config, deadline: Option<Duration>
 /// In this process, with the data directory locked.
 async fn offline(config: Config, format: Format) -> Outcome {
     let workers = config.migrate_workers;
-    let data = tokio::task::spawn_blocking(move || crate::server::OpenData::open(&config))
+    let data = tokio::task::spawn_blocking(move || tenantry::server::OpenData::open(&config))
         .await
         .expect("opening the data directory does not panic")
         .map_err(|error| Failure::Failed(error_chain(&error)))?;

@@ -27,8 +27,8 @@ use std::time::Duration;
 use clap::Subcommand;
 use tonic::{Code, Status};
 
-use crate::config::LogFormat;
-use crate::error::code_name;
+use tenantry::config::LogFormat;
+use tenantry::error::code_name;
 
 pub use health::{HealthArgs, health};
 pub use migrate::MigrateArgs;

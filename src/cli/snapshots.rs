@@ -16,7 +16,7 @@ use super::connect::{ClientArgs, admin};
 use super::output::{Record, print_one, render_one, size_cell, time_cell, time_json};
 use super::progress::Progress;
 use super::{Failure, Outcome};
-use crate::pb;
+use tenantry::pb;
 
 /// Bytes per ImportTenant message: well under the server's message limit.
 const CHUNK_BYTES: usize = 256 * 1024;

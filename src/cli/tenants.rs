@@ -9,7 +9,7 @@ use tonic::Status;
 use super::Outcome;
 use super::connect::{AdminClient, ClientArgs, admin};
 use super::output::{Format, Record, print_list, print_one, size_cell, time_cell, time_json};
-use crate::pb;
+use tenantry::pb;
 
 /// Most entries one page of a list asks for: the server's largest page.
 const PAGE_SIZE: usize = 1000;
