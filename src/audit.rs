@@ -102,12 +102,6 @@ impl Position {
     }
 }
 
-/// The tenant an admin event concerns, from its target `tenants/<id>…`.
-pub fn tenant_of_target(target: &str) -> Option<TenantId> {
-    let id = target.strip_prefix("tenants/")?.get(..36)?;
-    TenantId::parse("target", id).ok()
-}
-
 /// Admin events, newest first, after `after`; only those concerning
 /// `tenant` if one is given.
 pub fn list_admin(
@@ -244,9 +238,21 @@ pub fn merge(admin: Vec<Event>, tenant: Vec<Event>) -> Vec<Event> {
     events
 }
 
+/// Text a client sent, as the audit trail and the log name it: at most 64
+/// characters, escaped, since it may be anything until it is parsed.
+pub fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    let mut clipped: String = text.chars().take(MAX).collect();
+    if text.chars().count() > MAX {
+        clipped.push('…');
+    }
+    clipped.escape_debug().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::store::tenant_of_target;
 
     #[test]
     fn positions_round_trip_and_garbage_is_refused() {

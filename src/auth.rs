@@ -20,9 +20,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, KeyGrant, TenantState, store};
-use crate::data_dir::DataDir;
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
+use crate::storage::data_dir::DataDir;
 
 const KEY_PREFIX: &str = "tenantry_";
 
@@ -327,4 +327,44 @@ mod tests {
         let secret = Secret::new("hunter2-hunter2-hunter2");
         assert_eq!(format!("{secret:?}"), "Secret(..)");
     }
+}
+
+/// A tenant the caller has proven it may act for, and that is active.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifiedTenant {
+    pub id: TenantId,
+    pub acting: Acting,
+}
+
+/// Who acts for a verified tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acting {
+    /// One of the tenant's own API keys.
+    Key(uuid::Uuid),
+    /// The administrator, for support and investigations: audited.
+    Admin,
+}
+
+impl VerifiedTenant {
+    /// The caller as the audit trail names it.
+    pub fn actor(&self) -> String {
+        match self.acting {
+            Acting::Key(key_id) => format!("keys/{key_id}"),
+            Acting::Admin => "admin".to_owned(),
+        }
+    }
+}
+
+/// The verified tenant of an item call, as recorded by the layer.
+pub fn verified_tenant<T>(request: &tonic::Request<T>) -> Result<VerifiedTenant> {
+    request
+        .extensions()
+        .get::<VerifiedTenant>()
+        .copied()
+        .ok_or_else(|| {
+            Error::internal(
+                "routing an item call",
+                "the call reached the service without a verified tenant",
+            )
+        })
 }

@@ -265,8 +265,8 @@ impl Config {
         Duration::from_secs(self.credential_cache_secs)
     }
 
-    pub fn limits(&self) -> crate::limits::Limits {
-        crate::limits::Limits {
+    pub fn limits(&self) -> crate::layers::limits::Limits {
+        crate::layers::limits::Limits {
             max_calls: self.max_concurrent_calls.max(1),
             admin_reserved: self.admin_reserved_calls,
             max_open_streams: self.max_open_streams,
@@ -295,8 +295,11 @@ impl Config {
 
     /// How connections are accepted and served; `max_connections` as
     /// resolved against the open-file limit at start-up.
-    pub fn connections(&self, max_connections: usize) -> crate::connections::ConnectionSettings {
-        crate::connections::ConnectionSettings {
+    pub fn connections(
+        &self,
+        max_connections: usize,
+    ) -> crate::transport::connections::ConnectionSettings {
+        crate::transport::connections::ConnectionSettings {
             max_connections,
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             idle_timeout: Duration::from_secs(self.connection_idle_secs),

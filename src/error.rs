@@ -178,7 +178,7 @@ pub fn to_status(error: &Error) -> Status {
             status
         }
         Error::Recorded { code, message } => Status::new(*code, message.clone()),
-        Error::Internal { .. } if crate::disk::is_full_error(error) => {
+        Error::Internal { .. } if is_disk_full(error) => {
             tracing::error!(error = %error_chain(error), "the disk is full");
             Status::resource_exhausted(
                 "the disk holding the data directory is full: free space (DeleteTenant with \
@@ -257,4 +257,24 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// Whether `error` says the disk (or the user's quota on it) is full.
+pub fn is_disk_full(error: &Error) -> bool {
+    if error
+        .sqlite_code()
+        .is_some_and(|code| code.code == rusqlite::ffi::ErrorCode::DiskFull)
+    {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }

@@ -310,7 +310,7 @@ fn not_found(id: Uuid) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema;
+    use crate::storage::schema;
     use crate::tenant::migrations::TENANT;
 
     fn tenant_db() -> Connection {

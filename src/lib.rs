@@ -5,19 +5,19 @@
 //! A client calls `tenantry.v1.ItemService/GetItem` with two metadata
 //! entries: `authorization: Bearer <api key>` and `x-tenant-id: <uuid>`.
 //!
-//! 0. **The front end** ([`connections`]) has accepted the connection within
+//! 0. **The front end** ([`transport::connections`]) has accepted the connection within
 //!    a cap that leaves tenant files their descriptors, and times out
 //!    connections that never finish their handshake or sit idle; HTTP/2
 //!    bounds the streams and headers of each.
-//!    **The call's span** ([`calls`]), outermost, names the method (and,
+//!    **The call's span** ([`layers::calls`]), outermost, names the method (and,
 //!    once admitted, the tenant and key id) in every log line of the call,
 //!    and logs its status code and latency when it ends (refusals are
-//!    counted and summed up instead, [`log_summary`]).
-//!    **Limits** ([`limits`]) sheds the call with
+//!    counted and summed up instead, [`transport::log_summary`]).
+//!    **Limits** ([`layers::limits`]) sheds the call with
 //!    UNAVAILABLE if the server already runs as many calls as it may, sets
 //!    its [`deadline`] (which decides, once, whether its work committed in
 //!    time), and bounds the size of its messages and the time they take.
-//! 1. **Admission** ([`routing`]), a tower layer in front of every service,
+//! 1. **Admission** ([`layers::routing`]), a tower layer in front of every service,
 //!    authenticates the bearer token ([`auth`]): the key id inside it finds
 //!    the key in the [`catalog`], and a constant-time comparison of hashes
 //!    proves the secret. The credential decides who the caller is. Then
@@ -30,11 +30,11 @@
 //!    request's extensions, validates the request, and asks the
 //!    [`tenant::Registry`] for that tenant's database.
 //! 3. **The registry** keeps open tenants in a bounded cache. On a miss it
-//!    opens the tenant's file, `tenants/<uuid>.db` ([`data_dir`]), once, no
+//!    opens the tenant's file, `tenants/<uuid>.db` ([`storage::data_dir`]), once, no
 //!    matter how many calls wait for it, and brings its schema up to date
-//!    ([`schema`]).
+//!    ([`storage::schema`]).
 //! 4. **The store** ([`items`]) runs its SQL on a pooled connection of that
-//!    file, on a blocking thread ([`sqlite`]). There is no tenant filter in
+//!    file, on a blocking thread ([`storage::sqlite`]). There is no tenant filter in
 //!    any query, and none to forget: the connection belongs to one tenant.
 //! 5. **Errors** from any step become a gRPC status in one place ([`error`]).
 //!
@@ -46,10 +46,10 @@
 //! call ever sees a file half moved; it is recorded in the catalog once it
 //! holds the gate, then runs to its end whatever its caller does
 //! ([`tenant::operations`]), so start-up can finish it after a crash.
-//! Snapshots being made live in a bounded staging folder ([`staging`]);
+//! Snapshots being made live in a bounded staging folder ([`storage::staging`]);
 //! streamed answers never make their reader's pace anybody else's problem
 //! ([`api::stream`]); a reserve keeps room for the catalog when the disk
-//! fills ([`disk`]). Health and reflection need no credential.
+//! fills ([`storage::disk`]). Health and reflection need no credential.
 //!
 //! The `tenantry` binary is also the admin client of a running server and
 //! its load generator: that code (`src/cli/`, `src/bench/`) is part of the
@@ -59,29 +59,21 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod calls;
 pub mod catalog;
 pub mod clock;
 pub mod config;
-pub mod connections;
-pub mod data_dir;
 pub mod deadline;
-pub mod disk;
 pub mod error;
 pub mod fault;
 pub mod ids;
 pub mod items;
-pub mod limits;
-pub mod log_summary;
+pub mod layers;
 pub mod metrics;
 pub mod pagination;
-pub mod routing;
-pub mod schema;
 pub mod server;
-pub mod shutdown;
-pub mod sqlite;
-pub mod staging;
+pub mod storage;
 pub mod tenant;
+pub mod transport;
 pub mod weak_map;
 
 /// The generated protobuf and gRPC code of `proto/tenantry/v1`.

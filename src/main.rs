@@ -101,5 +101,5 @@ async fn serve(config: Config) -> tenantry::error::Result<()> {
     let data_dir = config.data_dir.clone();
     let app = Application::build(config).await?;
     tracing::info!(address = %app.local_addr(), data_dir = %data_dir.display(), "tenantry is serving");
-    app.run_until(tenantry::shutdown::signal()).await
+    app.run_until(tenantry::server::shutdown::signal()).await
 }

@@ -18,11 +18,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::items::ItemApi;
 use crate::api::tenants::TenantApi;
-use crate::audit::{AdminCall, record_admin_call};
+use crate::audit::{AdminCall, clip, record_admin_call};
+use crate::auth::{Acting, verified_tenant};
 use crate::catalog::Catalog;
 use crate::error::{OPERATION_METADATA, code_name};
 use crate::pb::{self, item_service_server::ItemService, tenant_service_server::TenantService};
-use crate::routing::{Acting, verified_tenant};
 
 fn outcome_of<T>(result: &Result<Response<T>, Status>) -> String {
     match result {
@@ -115,15 +115,6 @@ impl Drop for Pending {
 /// id may be anything until it is parsed.
 fn tenant_target(id: &str) -> String {
     format!("tenants/{}", clip(id))
-}
-
-pub fn clip(text: &str) -> String {
-    const MAX: usize = 64;
-    let mut clipped: String = text.chars().take(MAX).collect();
-    if text.chars().count() > MAX {
-        clipped.push('…');
-    }
-    clipped.escape_debug().to_string()
 }
 
 type Answer<T> = Result<Response<T>, Status>;

@@ -3,13 +3,13 @@
 use tonic::{Request, Response, Status};
 
 use crate::audit;
+use crate::auth::{VerifiedTenant, verified_tenant};
 use crate::clock::{Micros, from_timestamp, to_timestamp};
 use crate::error::{Error, Result};
 use crate::ids::parse_canonical_uuid;
 use crate::items::{self, Cursor, Item, ItemChanges, NewItem, check_description, check_title};
 use crate::pagination;
 use crate::pb::{self, item_service_server::ItemService};
-use crate::routing::{VerifiedTenant, verified_tenant};
 use crate::tenant::Registry;
 
 pub struct ItemApi {

@@ -23,9 +23,9 @@ use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use tonic::Status;
 
-use crate::api::audited::clip;
 use crate::api::items::to_pb;
 use crate::api::stream::{Answer, Producer, Stopped};
+use crate::audit::clip;
 use crate::audit::{AdminCall, record_admin_call};
 use crate::catalog::{Catalog, TenantRecord, TenantState, store};
 use crate::deadline::{self, Deadline};

@@ -850,7 +850,7 @@ async fn stream_file(
 /// digest, and the client's request id.
 async fn receive_upload(
     upload: &mut Streaming<pb::ImportTenantRequest>,
-    staged: &mut crate::staging::StagedFile,
+    staged: &mut crate::storage::staging::StagedFile,
     max_bytes: u64,
 ) -> Result<(TenantId, u64, String, Option<uuid::Uuid>)> {
     use sha2::{Digest, Sha256};

@@ -209,7 +209,10 @@ fn start(dir: &Path, args: &[String], token: &str) -> Result<Child, Failure> {
         .args(args)
         .env("TENANTRY_ADMIN_TOKEN", token)
         .env_remove("TENANTRY_ADMIN_TOKEN_FILE")
-        .env("RUST_LOG", "warn,tenantry=info,tenantry::calls=warn")
+        .env(
+            "RUST_LOG",
+            "warn,tenantry=info,tenantry::layers::calls=warn",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

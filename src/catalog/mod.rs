@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction};
 
-use crate::data_dir::DataDir;
-use crate::disk::Disk;
 use crate::error::{Context, Error, Result};
-use crate::schema;
-use crate::sqlite::{Database, PoolSettings};
+use crate::storage::data_dir::DataDir;
+use crate::storage::disk::Disk;
+use crate::storage::schema;
+use crate::storage::sqlite::{Database, PoolSettings};
 
 pub use operations::{OperationKind, OperationRecord};
 pub use store::{ApiKeyRecord, KeyGrant, TenantRecord, TenantState};
@@ -40,7 +40,7 @@ impl Catalog {
             Database::create(&path, settings, |_| Ok(()))?;
         }
         let (db, ()) = Database::open(&path, settings, |conn| {
-            crate::sqlite::set_wal(conn)?;
+            crate::storage::sqlite::set_wal(conn)?;
             schema::migrate(conn, migrations::CATALOG, "the catalog").map(|_| ())
         })
         .map_err(|error| {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::clock::Micros;
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
-use crate::sqlite::is_unique_violation;
+use crate::storage::sqlite::is_unique_violation;
 
 /// What an operation does to a tenant's files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

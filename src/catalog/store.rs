@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::clock::Micros;
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
-use crate::sqlite::is_unique_violation;
+use crate::storage::sqlite::is_unique_violation;
 
 /// Where a tenant is in its life. Only `Active` tenants are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,7 +431,7 @@ pub struct AdminEvent<'a> {
 }
 
 pub fn record_admin_event(conn: &Connection, event: &AdminEvent<'_>) -> Result<()> {
-    let tenant = crate::audit::tenant_of_target(event.target).map(|id| id.to_string());
+    let tenant = tenant_of_target(event.target).map(|id| id.to_string());
     conn.prepare_cached(
         "INSERT INTO admin_audit (time, actor, action, target, outcome, tenant_id, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -510,6 +510,12 @@ pub fn delete_backups_of(conn: &Connection, tenant: TenantId) -> Result<()> {
     Ok(())
 }
 
+/// The tenant an admin event concerns, from its target `tenants/<id>…`.
+pub fn tenant_of_target(target: &str) -> Option<TenantId> {
+    let id = target.strip_prefix("tenants/")?.get(..36)?;
+    TenantId::parse("target", id).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,7 +523,7 @@ mod tests {
     #[test]
     fn a_page_of_tenants_walks_the_name_index_from_the_token() {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::schema::migrate(
+        crate::storage::schema::migrate(
             &mut conn,
             crate::catalog::migrations::CATALOG,
             "the catalog",

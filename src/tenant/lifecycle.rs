@@ -21,14 +21,14 @@ use crate::catalog::operations::{OperationKind, OperationRecord};
 use crate::catalog::store::{self, AdminEvent};
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState};
 use crate::clock::{Micros, now_micros};
-use crate::data_dir::{self, DataDir};
 use crate::error::{Context, Error, Result};
 use crate::fault;
 use crate::ids::{TenantId, TenantName};
 use crate::metrics::KindLabels;
-use crate::schema;
-use crate::sqlite::{Database, run_blocking};
-use crate::staging::StagedFile;
+use crate::storage::data_dir::{self, DataDir};
+use crate::storage::schema;
+use crate::storage::sqlite::{Database, run_blocking};
+use crate::storage::staging::StagedFile;
 use crate::tenant::Registry;
 use crate::tenant::migrations::{self, TENANT};
 use crate::tenant::operations::{self, Call, Done, Operations, Outcome, Restored};
@@ -483,7 +483,7 @@ impl Lifecycle {
         let deadline = crate::deadline::current();
         let (file, summary) = run_blocking(move || {
             crate::deadline::check(deadline.as_deref())?;
-            crate::sqlite::bounded(deadline.as_deref(), || {
+            crate::storage::sqlite::bounded(deadline.as_deref(), || {
                 snapshot::take(&source, &staging, "snapshot")
             })
         })

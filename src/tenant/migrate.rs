@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::catalog::{TenantState, store};
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
-use crate::schema;
-use crate::sqlite::{self, run_blocking};
+use crate::storage::schema;
+use crate::storage::sqlite::{self, run_blocking};
 use crate::tenant::Registry;
 use crate::tenant::migrations::{TENANT, latest};
 

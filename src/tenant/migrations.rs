@@ -1,7 +1,7 @@
 //! The schema of a tenant database, one migration per version. Append only: a
 //! released migration is never edited, a change is a new entry at the end.
 
-use crate::schema::Migration;
+use crate::storage::schema::Migration;
 
 pub const TENANT: &[Migration] = &[
     Migration {

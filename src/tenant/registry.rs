@@ -37,13 +37,13 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::catalog::{Catalog, TenantState, store};
 use crate::clock::{Micros, now_micros};
-use crate::data_dir::DataDir;
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::schema::{self, Migrated};
-use crate::sqlite::{self, Database, PoolSettings, run_blocking};
-use crate::staging::Staging;
+use crate::storage::data_dir::DataDir;
+use crate::storage::schema::{self, Migrated};
+use crate::storage::sqlite::{self, Database, PoolSettings, run_blocking};
+use crate::storage::staging::Staging;
 use crate::tenant::migrations::TENANT;
 use crate::weak_map::WeakMap;
 

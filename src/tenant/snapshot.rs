@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
-use crate::schema::{self, Migrated};
-use crate::staging::{StagedFile, Staging};
+use crate::storage::schema::{self, Migrated};
+use crate::storage::staging::{StagedFile, Staging};
 use crate::tenant::migrations::{TENANT, latest};
 
 /// What a finished snapshot file is.
@@ -44,7 +44,7 @@ pub fn take(
 ) -> Result<(StagedFile, FileSummary)> {
     let conn = Connection::open_with_flags(source, EXISTING)
         .context(|| format!("opening {} for a snapshot", source.display()))?;
-    crate::sqlite::defend(&conn, None)
+    crate::storage::sqlite::defend(&conn, None)
         .and_then(|()| conn.busy_timeout(std::time::Duration::from_secs(30)))
         .context(|| format!("opening {} for a snapshot", source.display()))?;
     let bytes: i64 = conn
@@ -77,7 +77,8 @@ pub fn take(
 pub fn seal(path: &Path) -> Result<()> {
     let conn = Connection::open_with_flags(path, EXISTING)
         .context(|| format!("opening {}", path.display()))?;
-    crate::sqlite::defend(&conn, None).context(|| format!("opening {}", path.display()))?;
+    crate::storage::sqlite::defend(&conn, None)
+        .context(|| format!("opening {}", path.display()))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "DELETE", |row| row.get(0))
         .context(|| format!("setting the journal mode of {}", path.display()))?;
@@ -100,7 +101,8 @@ pub fn summarize(path: &Path) -> Result<FileSummary> {
     let (size_bytes, sha256) = file_sha256(path)?;
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .context(|| format!("opening {}", path.display()))?;
-    crate::sqlite::defend(&conn, None).context(|| format!("opening {}", path.display()))?;
+    crate::storage::sqlite::defend(&conn, None)
+        .context(|| format!("opening {}", path.display()))?;
     let schema_version =
         schema::version(&conn).context(|| format!("reading the version of {}", path.display()))?;
     Ok(FileSummary {
@@ -162,12 +164,13 @@ pub fn check_and_upgrade(path: &Path, deadline: Option<&Deadline>) -> Result<Mig
     check_header(path)?;
     let mut conn = Connection::open_with_flags(path, EXISTING)
         .map_err(|e| not_valid(&format!("it does not open as a SQLite database ({e})")))?;
-    crate::sqlite::defend(&conn, None).context(|| "configuring a snapshot check".into())?;
+    crate::storage::sqlite::defend(&conn, None)
+        .context(|| "configuring a snapshot check".into())?;
     conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SCHEMA_SQL_BYTES)
         .context(|| "configuring a snapshot check".into())?;
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 1 << 20)
         .context(|| "configuring a snapshot check".into())?;
-    let version = crate::sqlite::bounded(deadline, || check_contents(&conn))?;
+    let version = crate::storage::sqlite::bounded(deadline, || check_contents(&conn))?;
     crate::deadline::check(deadline)?;
     let migrated = schema::migrate(&mut conn, TENANT, "the snapshot")?;
     if migrated.from != version {
@@ -305,7 +308,7 @@ fn check_rows(conn: &Connection, version: u32) -> Result<()> {
         if !valid {
             return Err(not_valid(&format!(
                 "item {} is not one the API could have stored",
-                crate::api::audited::clip(&id)
+                crate::audit::clip(&id)
             )));
         }
     }

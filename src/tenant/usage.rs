@@ -10,7 +10,7 @@ use crate::catalog::TenantRecord;
 use crate::clock::Micros;
 use crate::error::{Context, Result};
 use crate::ids::TenantId;
-use crate::sqlite::run_blocking;
+use crate::storage::sqlite::run_blocking;
 use crate::tenant::Registry;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@ async fn json_logs_name_each_call_with_its_tenant_key_code_and_latency_and_no_se
         &dir,
         &[
             ("TENANTRY_LOG_FORMAT", "json"),
-            ("RUST_LOG", "info,tenantry::calls=debug"),
+            ("RUST_LOG", "info,tenantry::layers::calls=debug"),
         ],
     );
     let mut admin = server.admin().await;

@@ -25,7 +25,7 @@ pub fn write_v1_tenant(path: &Path, titles: &[&str]) {
         std::fs::remove_file(&name).ok();
     }
     let mut conn = rusqlite::Connection::open(path).unwrap();
-    tenantry::schema::migrate(&mut conn, &TENANT[..1], "v1").unwrap();
+    tenantry::storage::schema::migrate(&mut conn, &TENANT[..1], "v1").unwrap();
     for (n, title) in titles.iter().enumerate() {
         conn.execute(
             "INSERT INTO items (id, title, description, completed, create_time, update_time, revision)
@@ -53,7 +53,7 @@ pub fn record_version(dir: &TempDir, tenants: &[&TestTenant], version: u32) {
 
 fn file_version(path: &Path) -> u32 {
     let conn = rusqlite::Connection::open(path).unwrap();
-    tenantry::schema::version(&conn).unwrap()
+    tenantry::storage::schema::version(&conn).unwrap()
 }
 
 async fn migrate_all(server: &TestServer) -> Vec<pb::MigrateTenantsResponse> {

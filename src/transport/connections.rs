@@ -21,7 +21,7 @@
 //!   blocks are bounded too.
 //!
 //! Refused connections and accept errors are counted in the
-//! [`crate::log_summary`], never logged one by one. At shutdown the
+//! [`crate::transport::log_summary`], never logged one by one. At shutdown the
 //! listener is closed first, then every connection is asked to finish
 //! (GOAWAY: calls in flight go on, no new ones start), and after the grace
 //! period whatever is left is closed.
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
-use crate::log_summary::{Subject, Summaries};
+use crate::transport::log_summary::{Subject, Summaries};
 
 /// The client's connection preface (24 bytes) and the header of its first
 /// frame, its SETTINGS (9 bytes): what a connection must send before

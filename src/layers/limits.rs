@@ -48,9 +48,9 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::connections::{CallActivity, Held};
 use crate::deadline::{Deadline, Expiry};
 use crate::error::{Error, Result};
+use crate::transport::connections::{CallActivity, Held};
 
 /// Paths whose calls may run longer than the default timeout: uploads of
 /// whole tenant databases, and streams that may legitimately run long

@@ -3,8 +3,8 @@
 //!
 //! It runs once, before any service code. What it admits, it records in the
 //! request's extensions ([`Caller`], and [`VerifiedTenant`] for item calls); a
-//! service method reads them with [`verified_tenant`] and so cannot forget a
-//! check. What it refuses never reaches a service, and never touches a file.
+//! service method reads them with [`crate::auth::verified_tenant`] and so
+//! cannot forget a check. What it refuses never reaches a service, and never touches a file.
 //!
 //! Which credential a method needs is decided by its path, deny by default:
 //! only health and reflection are open; `tenantry.v1.ItemService` needs a
@@ -22,58 +22,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::api::audited::clip;
+use crate::audit::clip;
 use crate::audit::{AdminCall, record_admin_call};
-use crate::auth::{Authenticator, Caller};
-use crate::calls::CallSubject;
+use crate::auth::{Acting, Authenticator, Caller, VerifiedTenant};
 use crate::catalog::TenantState;
 use crate::error::code_name;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
-use crate::log_summary::Subject;
+use crate::layers::calls::CallSubject;
+use crate::transport::log_summary::Subject;
 use crate::weak_map::WeakMap;
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
-
-/// A tenant the caller has proven it may act for, and that is active.
-#[derive(Clone, Copy, Debug)]
-pub struct VerifiedTenant {
-    pub id: TenantId,
-    pub acting: Acting,
-}
-
-/// Who acts for a verified tenant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Acting {
-    /// One of the tenant's own API keys.
-    Key(uuid::Uuid),
-    /// The administrator, for support and investigations: audited.
-    Admin,
-}
-
-impl VerifiedTenant {
-    /// The caller as the audit trail names it.
-    pub fn actor(&self) -> String {
-        match self.acting {
-            Acting::Key(key_id) => format!("keys/{key_id}"),
-            Acting::Admin => "admin".to_owned(),
-        }
-    }
-}
-
-/// The verified tenant of an item call, as recorded by the layer.
-pub fn verified_tenant<T>(request: &tonic::Request<T>) -> Result<VerifiedTenant> {
-    request
-        .extensions()
-        .get::<VerifiedTenant>()
-        .copied()
-        .ok_or_else(|| {
-            Error::internal(
-                "routing an item call",
-                "the call reached the service without a verified tenant",
-            )
-        })
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Policy {
@@ -217,7 +177,7 @@ where
                         Caller::Tenant { key_id, .. } => Some(key_id),
                         Caller::Admin => None,
                     };
-                    crate::calls::record_caller(
+                    crate::layers::calls::record_caller(
                         tenant.as_ref().map(|t| &t.id as &dyn std::fmt::Display),
                         key_id.as_ref(),
                     );

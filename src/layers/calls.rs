@@ -4,15 +4,15 @@
 //! caller, the tenant and the API key id (never a secret); every log line of
 //! the call is inside it. When the call ends (its last frame sent, or the
 //! client gone), the span gets the gRPC status code and the latency, and the
-//! event `call finished` is logged with target `tenantry::calls`: at DEBUG for
+//! event `call finished` is logged with target `tenantry::layers::calls`: at DEBUG for
 //! `OK`, INFO for a failure the client can fix, WARN for a server-side
-//! failure. `RUST_LOG=info,tenantry::calls=debug` logs every call. The end
+//! failure. `RUST_LOG=info,tenantry::layers::calls=debug` logs every call. The end
 //! is also counted in the [`crate::metrics`].
 //!
 //! A flood must not become a flood of log lines, so refusals (UNAVAILABLE,
 //! RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED) are never logged
 //! one by one: each is counted against its subject (the tenant, the API key,
-//! the peer) and logged as a summary per interval ([`crate::log_summary`]).
+//! the peer) and logged as a summary per interval ([`crate::transport::log_summary`]).
 //! Other failures are logged one by one within a budget of lines per second,
 //! and counted the same way beyond it.
 
@@ -30,8 +30,8 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 use crate::error::code_name;
-use crate::log_summary::{Subject, Summaries};
 use crate::metrics::Metrics;
+use crate::transport::log_summary::{Subject, Summaries};
 
 /// Who the call is counted against when it is refused: set by the layers
 /// as they learn it (the peer, then the API key a credential names, then
@@ -127,7 +127,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let peer = request
             .extensions()
-            .get::<crate::connections::Peer>()
+            .get::<crate::transport::connections::Peer>()
             .map_or(Subject::Unknown, |peer| Subject::Peer(peer.0.ip()));
         let subject = CallSubject::new(peer);
         request.extensions_mut().insert(subject.clone());
@@ -213,13 +213,13 @@ impl CallEnd {
         let _entered = self.span.enter();
         match code {
             Code::Ok => {
-                tracing::debug!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+                tracing::debug!(target: "tenantry::layers::calls", code = name, latency_ms, "call finished")
             }
             Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented => {
-                tracing::warn!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+                tracing::warn!(target: "tenantry::layers::calls", code = name, latency_ms, "call finished")
             }
             _ => {
-                tracing::info!(target: "tenantry::calls", code = name, latency_ms, "call finished")
+                tracing::info!(target: "tenantry::layers::calls", code = name, latency_ms, "call finished")
             }
         }
     }

@@ -166,23 +166,3 @@ fn allocate(path: &Path, bytes: u64) -> std::io::Result<()> {
     }
     file.sync_all()
 }
-
-/// Whether `error` says the disk (or the user's quota on it) is full.
-pub fn is_full_error(error: &Error) -> bool {
-    if error
-        .sqlite_code()
-        .is_some_and(|code| code.code == rusqlite::ffi::ErrorCode::DiskFull)
-    {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = cause {
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-        {
-            return true;
-        }
-        cause = current.source();
-    }
-    false
-}

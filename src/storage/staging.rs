@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::storage::disk::Disk;
 
 /// The staging folder's budget. A cheap handle is an `Arc<Staging>`.
 pub struct Staging {
@@ -104,7 +104,7 @@ impl StagedFile {
 impl Drop for StagedFile {
     fn drop(&mut self) {
         if !self.kept
-            && let Err(error) = crate::data_dir::remove_database_files(&self.path)
+            && let Err(error) = crate::storage::data_dir::remove_database_files(&self.path)
         {
             tracing::warn!(path = %self.path.display(), error = %crate::error::error_chain(&error), "could not remove a staged file");
         }

@@ -3,6 +3,9 @@
 //! in order: stop accepting, let in-flight calls finish, close every tenant
 //! database.
 
+pub mod metrics_endpoint;
+pub mod shutdown;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,20 +17,20 @@ use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
 use crate::api::items::ItemApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
-use crate::calls::CallLogLayer;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::data_dir::DataDir;
-use crate::disk::Disk;
 use crate::error::{Context, Error, Result};
-use crate::limits::LimitsLayer;
-use crate::log_summary::Summaries;
+use crate::layers::calls::CallLogLayer;
+use crate::layers::limits::LimitsLayer;
+use crate::layers::routing::AdmissionLayer;
 use crate::pb::{
     self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
 };
-use crate::routing::AdmissionLayer;
-use crate::sqlite::{PoolSettings, run_blocking};
+use crate::storage::data_dir::DataDir;
+use crate::storage::disk::Disk;
+use crate::storage::sqlite::{PoolSettings, run_blocking};
 use crate::tenant::{Lifecycle, Registry, RegistrySettings};
+use crate::transport::log_summary::Summaries;
 
 /// File descriptors kept free for the listener, the catalog, searches,
 /// snapshots and metrics, beyond those of open tenants and of client
@@ -150,7 +153,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .context(|| format!("binding {}", config.listen))?;
-        let metrics_listener = crate::metrics::bind(config.metrics_listen).await?;
+        let metrics_listener = metrics_endpoint::bind(config.metrics_listen).await?;
         Ok(Application {
             listener,
             max_connections,
@@ -278,8 +281,8 @@ impl Application {
         let summarizing = tokio::spawn(summaries.clone().run(config.log_summary()));
         let metrics = metrics_listener.map(|listener| {
             tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
-            tokio::spawn(crate::metrics::serve(
-                crate::connections::Acceptor::new(
+            tokio::spawn(metrics_endpoint::serve(
+                crate::transport::connections::Acceptor::new(
                     listener,
                     summaries.clone(),
                     "refused metrics connection",
@@ -289,7 +292,7 @@ impl Application {
                 registry.clone(),
             ))
         });
-        let drained = crate::connections::serve(
+        let drained = crate::transport::connections::serve(
             listener,
             service,
             config.connections(max_connections),

@@ -1,0 +1,11 @@
+//! Storage: one SQLite database and its writer ([`sqlite`]), the schema
+//! migrations every database runs ([`schema`]), where files live in the data
+//! directory ([`data_dir`]), the reserve that keeps room on a full disk
+//! ([`disk`]), and the bounded folder snapshots are made in ([`staging`]).
+//! Nothing here knows of tenants' lifecycles, calls or the API.
+
+pub mod data_dir;
+pub mod disk;
+pub mod schema;
+pub mod sqlite;
+pub mod staging;
