@@ -103,7 +103,7 @@ fn rate(count: usize, took: Duration) -> String {
 /// A tenant database at schema version 1 holding a few items.
 fn write_v1_template(path: &std::path::Path) {
     let mut conn = rusqlite::Connection::open(path).unwrap();
-    tenantry::schema::migrate(&mut conn, &TENANT[..1], "template").unwrap();
+    tenantry::storage::schema::migrate(&mut conn, &TENANT[..1], "template").unwrap();
     for n in 0..10i64 {
         conn.execute(
             "INSERT INTO items (id, title, description, completed, create_time, update_time, revision)
@@ -388,7 +388,7 @@ async fn main() {
     let started = Instant::now();
     {
         let mut conn = rusqlite::Connection::open(&rebuilt).unwrap();
-        tenantry::schema::migrate(&mut conn, TENANT, "a rebuild").unwrap();
+        tenantry::storage::schema::migrate(&mut conn, TENANT, "a rebuild").unwrap();
         conn.execute_batch(&format!(
             "ATTACH '{}' AS upload;
              BEGIN;
