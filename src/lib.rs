@@ -34,8 +34,10 @@
 //!    matter how many calls wait for it, and brings its schema up to date
 //!    ([`storage::schema`]).
 //! 4. **The store** ([`items`]) runs its SQL on a pooled connection of that
-//!    file, on a blocking thread ([`storage::sqlite`]). There is no tenant filter in
-//!    any query, and none to forget: the connection belongs to one tenant.
+//!    file ([`storage::sqlite`]): a point read inline on the async thread
+//!    when a connection is idle, anything longer and every write on a
+//!    blocking thread. There is no tenant filter in any query, and none to
+//!    forget: the connection belongs to one tenant.
 //! 5. **Errors** from any step become a gRPC status in one place ([`error`]).
 //!
 //! Admin calls (`tenantry.v1.TenantService`) take the admin token instead and
@@ -55,6 +57,8 @@
 //! its load generator: that code (`src/cli/`, `src/bench/`) is part of the
 //! binary only, and calls the server through the generated client, as any
 //! other client does.
+
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod audit;

@@ -4,6 +4,8 @@
 //! this binary only: the library that tests and benchmarks link holds the
 //! server, and these talk to it as any other client does, over gRPC.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -32,9 +32,7 @@ impl DataDir {
     /// before are made private too.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: umask only sets the process's file mode creation mask; it
-        // cannot fail and touches no memory.
-        unsafe { libc::umask(0o077) };
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         let data_dir = DataDir { root: root.into() };
         for dir in [
             data_dir.root.clone(),

@@ -136,33 +136,32 @@ fn full() -> Error {
 /// Bytes an unprivileged process may still write on the file system of
 /// `path`, if it can be read.
 fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a valid C string, and statvfs writes a whole
-    // `statvfs` into the buffer when it returns 0, as checked before use.
-    let stats = unsafe {
-        if libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) != 0 {
-            return None;
-        }
-        stats.assume_init()
-    };
-    Some(stats.f_bavail as u64 * stats.f_frsize as u64)
+    let stats = rustix::fs::statvfs(path).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Makes `path` a file of `bytes` whose blocks are allocated on disk (not a
 /// sparse file), so that removing it gives them back. Blocking.
 fn allocate(path: &Path, bytes: u64) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let file = std::fs::OpenOptions::new()
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    // SAFETY: the descriptor is open for writing for the whole call.
-    let code = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
-    if code != 0 {
-        return Err(std::io::Error::from_raw_os_error(code));
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+        Ok(()) => {}
+        // A file system that cannot allocate without writing: written.
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let chunk = left.min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..chunk])?;
+                left -= chunk as u64;
+            }
+        }
+        Err(errno) => return Err(errno.into()),
     }
     file.sync_all()
 }

@@ -1,14 +1,20 @@
 //! A pooled SQLite database: the one way tenantry talks to a database file,
 //! whether it is the catalog or a tenant.
 //!
-//! rusqlite is synchronous, so every closure given to [`Database::read`] or
-//! [`Database::write`] runs on tokio's blocking threads, never on the async
-//! threads that serve other tenants. Reads run in parallel up to the pool's
-//! size; writes run one at a time in `BEGIN IMMEDIATE` transactions, queued in
-//! async code rather than in SQLite's busy handler, so two writers never
-//! deadlock on a lock upgrade and a burst of writes to one database parks no
-//! threads. The permits that bound this travel into the blocking task, so a
-//! call cancelled by its client still holds them until its SQL is done.
+//! rusqlite is synchronous, and no SQL may stall the async threads that
+//! serve other tenants for long. A bounded read (a point read or a page of a
+//! list, [`Database::read_bounded_in`]) runs inline on the calling async
+//! thread when a connection is idle in the pool, by default: from the page
+//! cache it takes a few microseconds, less than handing it to another
+//! thread. Every other read, a bounded read that must open a connection,
+//! and every write run on tokio's blocking threads. Reads run in parallel up
+//! to the pool's size; writes run one at a time in `BEGIN IMMEDIATE`
+//! transactions, queued in async code rather than in SQLite's busy handler
+//! and committed together (group commit) by a writer on a blocking thread,
+//! so two writers never deadlock on a lock upgrade and a burst of writes to
+//! one database parks no threads. The permits that bound this travel into
+//! the blocking work, so a call cancelled by its client still holds them
+//! until its SQL is done.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -184,19 +190,7 @@ const LOOKASIDE_SLOTS: i32 = 32;
 /// Gives a new connection a small lookaside. A connection already using its
 /// lookaside keeps it (SQLite answers SQLITE_BUSY), which costs only memory.
 fn shrink_lookaside(conn: &Connection) {
-    // SAFETY: the handle is a valid open connection for the whole call, no
-    // other thread uses it (the connection is not shared while it is being
-    // set up), and SQLITE_DBCONFIG_LOOKASIDE takes exactly (void*, int, int);
-    // a null buffer asks SQLite to allocate the slots itself.
-    let code = unsafe {
-        rusqlite::ffi::sqlite3_db_config(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
-            std::ptr::null_mut::<std::ffi::c_void>(),
-            LOOKASIDE_SLOT_BYTES,
-            LOOKASIDE_SLOTS,
-        )
-    };
+    let code = super::ffi::set_lookaside(conn, LOOKASIDE_SLOT_BYTES, LOOKASIDE_SLOTS);
     if code != rusqlite::ffi::SQLITE_OK {
         tracing::debug!(code, "kept the default lookaside");
     }
