@@ -470,3 +470,25 @@ fn comments_strings_and_character_literals_are_blanked() {
     assert!(!cleaned.contains("crate::z"), "{cleaned}");
     assert!(cleaned.contains("crate::w::v"), "{cleaned}");
 }
+
+/// The files of `src/` (the binary's too) whose code says `unsafe`.
+fn files_with_unsafe(src: &Path) -> Vec<String> {
+    rust_files(src)
+        .into_iter()
+        .filter(|file| {
+            let code = without_comments_and_strings(&std::fs::read_to_string(file).unwrap());
+            tokenize(&code).iter().any(|token| token == "unsafe")
+        })
+        .map(|file| file.strip_prefix(src).unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn unsafe_code_lives_only_in_the_module_for_sqlite_s_c_interface() {
+    assert_eq!(files_with_unsafe(&source_dir()), ["storage/ffi.rs"]);
+    let copy = planted("tenant/registry.rs", "fn planted() { unsafe {} }\n");
+    assert_eq!(
+        files_with_unsafe(copy.path()),
+        ["storage/ffi.rs", "tenant/registry.rs"]
+    );
+}
