@@ -121,7 +121,7 @@ async fn a_restore_that_gives_up_waiting_for_the_tenant_leaves_nothing_behind_ev
     let held = server.registry.shared(tenant_id).await;
     for _ in 0..2 {
         let refused = admin
-            .restore_tenant(within(as_admin(restore(&acme, &backup, "")), 300))
+            .restore_tenant(within(as_admin(restore(&acme, &backup, "")), 1000))
             .await
             .unwrap_err();
         nothing_done(&refused);
@@ -132,7 +132,7 @@ async fn a_restore_that_gives_up_waiting_for_the_tenant_leaves_nothing_behind_ev
                 id: acme.id.clone(),
                 ..Default::default()
             }),
-            300,
+            1000,
         ))
         .await
         .unwrap_err();
@@ -210,11 +210,11 @@ async fn a_restore_that_started_runs_to_its_end_and_a_retry_hears_its_outcome() 
     let (dir, acme, backup) = prepared_with_backup().await;
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=2000")],
+        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=4000")],
     );
     let mut admin = server.admin().await;
     let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, "")), 300))
+        .restore_tenant(within(as_admin(restore(&acme, &backup, "")), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
@@ -272,7 +272,7 @@ async fn a_delete_that_started_finishes_and_frees_the_name_though_its_caller_gav
     let (dir, acme, _) = prepared_with_backup().await;
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "delete.after-mark=1500")],
+        &[(tenantry::fault::PAUSE_ENV, "delete.after-mark=3000")],
     );
     let mut admin = server.admin().await;
     let delete = pb::DeleteTenantRequest {
@@ -280,7 +280,7 @@ async fn a_delete_that_started_finishes_and_frees_the_name_though_its_caller_gav
         ..Default::default()
     };
     let gave_up = admin
-        .delete_tenant(within(as_admin(delete.clone()), 300))
+        .delete_tenant(within(as_admin(delete.clone()), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
@@ -321,7 +321,7 @@ async fn a_creation_that_started_is_joined_by_its_retry() {
     let (dir, _, _) = prepared_with_backup().await;
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "create.after-file=1500")],
+        &[(tenantry::fault::PAUSE_ENV, "create.after-file=3000")],
     );
     let mut admin = server.admin().await;
     let create = pb::CreateTenantRequest {
@@ -332,7 +332,7 @@ async fn a_creation_that_started_is_joined_by_its_retry() {
         ..Default::default()
     };
     let gave_up = admin
-        .create_tenant(within(as_admin(create.clone()), 300))
+        .create_tenant(within(as_admin(create.clone()), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
@@ -435,12 +435,12 @@ async fn a_caller_that_goes_away_as_its_operation_is_recorded_cannot_stop_it() {
     // The caller's deadline passes between the record and the first step.
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "operation.after-record=1500")],
+        &[(tenantry::fault::PAUSE_ENV, "operation.after-record=3000")],
     );
     let mut admin = server.admin().await;
     let request_id = uuid::Uuid::new_v4().to_string();
     let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 300))
+        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
@@ -475,12 +475,12 @@ async fn a_restore_whose_checked_copy_is_lost_fails_and_leaves_the_tenant_as_it_
     let (dir, acme, backup) = prepared_with_backup().await;
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=1500")],
+        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=3000")],
     );
     let mut admin = server.admin().await;
     let request_id = uuid::Uuid::new_v4().to_string();
     let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 300))
+        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
