@@ -158,24 +158,41 @@ pub struct AdminCall {
     pub detail: String,
 }
 
+impl AdminCall {
+    /// A call that succeeded, with nothing to add to its target.
+    pub fn ok(action: &str, target: impl Into<String>) -> Self {
+        AdminCall {
+            action: action.to_owned(),
+            target: target.into(),
+            outcome: "OK".to_owned(),
+            detail: String::new(),
+        }
+    }
+}
+
+/// Records `call` in the admin trail at `time`, in `tx`: the transaction of
+/// the change it records, so that the change and its record commit
+/// together. Every admin event is written here or by [`record_admin_call`].
+pub fn record_in(tx: &rusqlite::Connection, time: Micros, call: &AdminCall) -> Result<()> {
+    crate::catalog::store::record_admin_event(
+        tx,
+        &crate::catalog::store::AdminEvent {
+            time,
+            actor: "admin",
+            action: &call.action,
+            target: &call.target,
+            outcome: &call.outcome,
+            detail: &call.detail,
+        },
+    )
+}
+
 /// Records an admin call that did not record itself in the catalog's trail,
 /// when it ends. A failure to record is logged and changes nothing else.
 pub async fn record_admin_call(catalog: &Catalog, call: AdminCall) {
     let action = call.action.clone();
     let recorded = catalog
-        .write(move |tx| {
-            crate::catalog::store::record_admin_event(
-                tx,
-                &crate::catalog::store::AdminEvent {
-                    time: now_micros(),
-                    actor: "admin",
-                    action: &call.action,
-                    target: &call.target,
-                    outcome: &call.outcome,
-                    detail: &call.detail,
-                },
-            )
-        })
+        .write(move |tx| record_in(tx, now_micros(), &call))
         .await;
     if let Err(error) = recorded {
         tracing::error!(action, error = %crate::error::error_chain(&error), "could not record an admin call in the audit trail");

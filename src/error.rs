@@ -259,6 +259,12 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The answer for a tenant that does not exist (or is deleted): the same
+/// wherever it is found out.
+pub fn tenant_not_found(id: impl std::fmt::Display) -> Error {
+    Error::NotFound(format!("tenant {id} does not exist"))
+}
+
 /// Whether `error` says the disk (or the user's quota on it) is full.
 pub fn is_disk_full(error: &Error) -> bool {
     if error

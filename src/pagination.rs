@@ -71,6 +71,24 @@ pub fn encode(scope: &[u8], cursor: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Cuts a page its store read with one row more than `page_size` (which
+/// says that a next page exists) to `page_size` rows, and returns the token
+/// of the next page: the `cursor` of the last row kept, under `scope`; empty
+/// on the last page.
+pub fn cut_page<T>(
+    page: &mut Vec<T>,
+    page_size: usize,
+    scope: &[u8],
+    cursor: impl FnOnce(&T) -> Vec<u8>,
+) -> String {
+    if page.len() <= page_size {
+        return String::new();
+    }
+    page.truncate(page_size);
+    let last = page.last().expect("a full page has a last row");
+    encode(scope, &cursor(last))
+}
+
 /// The cursor in `token`, or `None` for an empty token (the first page).
 pub fn decode(scope: &[u8], token: &str) -> Result<Option<Vec<u8>>> {
     if token.is_empty() {
@@ -97,6 +115,20 @@ pub fn decode(scope: &[u8], token: &str) -> Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_read_one_row_long_is_cut_and_names_its_last_row() {
+        let mut page = vec![1u8, 2, 3];
+        let token = cut_page(&mut page, 2, b"scope", |last| vec![*last]);
+        assert_eq!(page, [1, 2]);
+        assert_eq!(decode(b"scope", &token).unwrap(), Some(vec![2]));
+        let mut last_page = vec![1u8, 2];
+        assert_eq!(
+            cut_page(&mut last_page, 2, b"scope", |_| unreachable!()),
+            ""
+        );
+        assert_eq!(last_page, [1, 2]);
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_wrong_lengths() {

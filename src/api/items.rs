@@ -130,20 +130,13 @@ impl ItemService for ItemApi {
                 items::list(conn, completed, after, page_size + 1)
             })
             .await?;
-        let next_page_token = if page.len() > page_size {
-            page.truncate(page_size);
-            let last = page.last().expect("a full page has a last item");
-            pagination::encode(
-                &scope,
-                &Cursor {
-                    create_time: last.create_time,
-                    id: last.id,
-                }
-                .to_bytes(),
-            )
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::cut_page(&mut page, page_size, &scope, |last| {
+            Cursor {
+                create_time: last.create_time,
+                id: last.id,
+            }
+            .to_bytes()
+        });
         Ok(Response::new(pb::ListItemsResponse {
             items: page.iter().map(to_pb).collect(),
             next_page_token,

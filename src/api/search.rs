@@ -392,7 +392,7 @@ async fn read_one(
         .filter(|r| r.state.is_visible())
         .map(|r| r.name.clone());
     let found = match &name {
-        None => Err(Error::NotFound(format!("tenant {id} does not exist"))),
+        None => Err(crate::error::tenant_not_found(id)),
         Some(_) => {
             let query = query.clone();
             registry

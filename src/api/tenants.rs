@@ -91,10 +91,6 @@ fn check_label(field: &'static str, text: &str, max_chars: usize) -> Result<()> 
     Ok(())
 }
 
-fn tenant_not_found(id: TenantId) -> Error {
-    Error::NotFound(format!("tenant {id} does not exist"))
-}
-
 #[tonic::async_trait]
 impl TenantService for TenantApi {
     async fn create_tenant(
@@ -134,7 +130,7 @@ impl TenantService for TenantApi {
             .await?;
         match tenant {
             Some(tenant) if tenant.state.is_visible() => Ok(Response::new(to_pb(&tenant))),
-            _ => Err(tenant_not_found(id).into()),
+            _ => Err(crate::error::tenant_not_found(id).into()),
         }
     }
 
@@ -157,13 +153,9 @@ impl TenantService for TenantApi {
             .catalog
             .read(move |conn| store::list_tenants(conn, after.as_deref(), page_size + 1))
             .await?;
-        let next_page_token = if page.len() > page_size {
-            page.truncate(page_size);
-            let last = page.last().expect("a full page has a last tenant");
-            pagination::encode(LIST_SCOPE, last.name.as_bytes())
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::cut_page(&mut page, page_size, LIST_SCOPE, |last| {
+            last.name.as_bytes().to_vec()
+        });
         let mut tenants: Vec<pb::Tenant> = page.iter().map(to_pb).collect();
         if query.include_usage {
             let registry = self.lifecycle.registry().clone();
@@ -206,19 +198,16 @@ impl TenantService for TenantApi {
             .write(move |tx| {
                 match store::get_tenant(tx, tenant_id)? {
                     Some(tenant) if tenant.state.is_visible() => {}
-                    _ => return Err(tenant_not_found(tenant_id)),
+                    _ => return Err(crate::error::tenant_not_found(tenant_id)),
                 }
                 store::insert_api_key(tx, &row)?;
-                store::record_admin_event(
+                audit::record_in(
                     tx,
-                    &store::AdminEvent {
-                        time: row.create_time,
-                        actor: "admin",
-                        action: "CreateApiKey",
-                        target: &format!("tenants/{}/keys/{}", row.tenant_id, row.id),
-                        outcome: "OK",
-                        detail: "",
-                    },
+                    row.create_time,
+                    &AdminCall::ok(
+                        "CreateApiKey",
+                        format!("tenants/{}/keys/{}", row.tenant_id, row.id),
+                    ),
                 )
             })
             .await?;
@@ -287,7 +276,7 @@ impl TenantService for TenantApi {
             .read(move |conn| {
                 match store::get_tenant(conn, tenant_id)? {
                     Some(tenant) if tenant.state.is_visible() => {}
-                    _ => return Err(tenant_not_found(tenant_id)),
+                    _ => return Err(crate::error::tenant_not_found(tenant_id)),
                 }
                 store::list_api_keys(
                     conn,
@@ -297,17 +286,13 @@ impl TenantService for TenantApi {
                 )
             })
             .await?;
-        let next_page_token = if page.len() > page_size {
-            page.truncate(page_size);
-            let last = page.last().expect("a full page has a last key");
-            let cursor = Cursor {
+        let next_page_token = pagination::cut_page(&mut page, page_size, &scope, |last| {
+            Cursor {
                 create_time: last.create_time,
                 id: last.id,
-            };
-            pagination::encode(&scope, &cursor.to_bytes())
-        } else {
-            String::new()
-        };
+            }
+            .to_bytes()
+        });
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: page.iter().map(key_to_pb).collect(),
             next_page_token,
@@ -540,17 +525,14 @@ impl TenantService for TenantApi {
                     })
                     .await?
             }
-            (Some(id), None) => return Err(tenant_not_found(id).into()),
+            (Some(id), None) => return Err(crate::error::tenant_not_found(id).into()),
             _ => Vec::new(),
         };
         let mut events = audit::merge(admin, writes);
-        let next_page_token = if events.len() > page_size {
-            events.truncate(page_size);
-            let last = events.last().expect("a full page has a last event");
-            pagination::encode(scope.as_bytes(), &last.position().to_bytes())
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            pagination::cut_page(&mut events, page_size, scope.as_bytes(), |last| {
+                last.position().to_bytes()
+            });
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.iter().map(event_to_pb).collect(),
             next_page_token,
@@ -567,7 +549,7 @@ impl TenantService for TenantApi {
             .read(move |conn| store::get_tenant(conn, id))
             .await?
             .filter(|tenant| tenant.state.is_visible())
-            .ok_or_else(|| tenant_not_found(id))?;
+            .ok_or_else(|| crate::error::tenant_not_found(id))?;
         let usage = self.lifecycle.registry().usage(&record).await?;
         Ok(Response::new(usage_to_pb(&usage)))
     }

@@ -227,7 +227,7 @@ impl r2d2::ManageConnection for Manager {
 /// Flags for files that must already exist: a missing tenant file is an
 /// error, never a silently empty tenant; and a symbolic link is never
 /// followed to whatever file it names.
-const EXISTING: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
+pub const EXISTING: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
     .union(OpenFlags::SQLITE_OPEN_NO_MUTEX)
     .union(OpenFlags::SQLITE_OPEN_NOFOLLOW);
 

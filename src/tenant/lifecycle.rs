@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::{self, AdminCall};
 use crate::auth::Authenticator;
 use crate::catalog::operations::{OperationKind, OperationRecord};
-use crate::catalog::store::{self, AdminEvent};
+use crate::catalog::store;
 use crate::catalog::{ApiKeyRecord, Catalog, TenantRecord, TenantState};
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Error, Result};
@@ -66,30 +67,12 @@ pub struct StagedSnapshot {
     pub time: Micros,
 }
 
-fn not_found(id: TenantId) -> Error {
-    Error::NotFound(format!("tenant {id} does not exist"))
-}
-
 /// The tenant, if clients can see it (active or suspended); else NOT_FOUND.
 fn visible_tenant(conn: &rusqlite::Connection, id: TenantId) -> Result<TenantRecord> {
     match store::get_tenant(conn, id)? {
         Some(tenant) if tenant.state.is_visible() => Ok(tenant),
-        _ => Err(not_found(id)),
+        _ => Err(crate::error::tenant_not_found(id)),
     }
-}
-
-fn audit(conn: &rusqlite::Connection, action: &str, target: &str, outcome: &str) -> Result<()> {
-    store::record_admin_event(
-        conn,
-        &AdminEvent {
-            time: now_micros(),
-            actor: "admin",
-            action,
-            target,
-            outcome,
-            detail: "",
-        },
-    )
 }
 
 fn file_name(path: &Path) -> String {
@@ -297,7 +280,11 @@ impl Lifecycle {
                     (TenantState::Suspended, TenantState::Active) => "ResumeTenant",
                     _ => "UpdateTenant",
                 };
-                audit(tx, action, &format!("tenants/{id}"), "OK")?;
+                audit::record_in(
+                    tx,
+                    now_micros(),
+                    &AdminCall::ok(action, format!("tenants/{id}")),
+                )?;
                 Ok(tenant)
             })
             .await?;
@@ -321,11 +308,13 @@ impl Lifecycle {
                 }
                 let now = now_micros();
                 store::revoke_api_key(tx, id, now)?;
-                audit(
+                audit::record_in(
                     tx,
-                    "RevokeApiKey",
-                    &format!("tenants/{}/keys/{id}", key.tenant_id),
-                    "OK",
+                    now,
+                    &AdminCall::ok(
+                        "RevokeApiKey",
+                        format!("tenants/{}/keys/{id}", key.tenant_id),
+                    ),
                 )?;
                 Ok(ApiKeyRecord {
                     revoke_time: Some(now),
@@ -450,7 +439,7 @@ impl Lifecycle {
             .catalog()
             .write(move |tx| {
                 store::insert_backup(tx, &record)?;
-                audit(tx, "BackupTenant", &target, "OK")
+                audit::record_in(tx, now_micros(), &AdminCall::ok("BackupTenant", target))
             })
             .await;
         if let Err(error) = recorded {
@@ -834,7 +823,7 @@ async fn deletable(catalog: &Catalog, id: TenantId, purge: bool) -> Result<()> {
 fn deleted_already(conn: &rusqlite::Connection, id: TenantId, purge: bool) -> Result<()> {
     match store::get_tenant(conn, id)?.map(|t| t.state) {
         Some(TenantState::Deleted) if purge => Ok(()),
-        _ => Err(not_found(id)),
+        _ => Err(crate::error::tenant_not_found(id)),
     }
 }
 

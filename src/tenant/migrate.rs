@@ -8,7 +8,7 @@
 //! query.
 
 use futures::StreamExt;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::catalog::{TenantState, store};
@@ -80,11 +80,8 @@ impl Registry {
                     "its database file is missing",
                 ));
             }
-            let mut conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .context(|| format!("opening {}", path.display()))?;
+            let mut conn = Connection::open_with_flags(&path, sqlite::EXISTING)
+                .context(|| format!("opening {}", path.display()))?;
             sqlite::defend(&conn, None)
                 .and_then(|()| conn.busy_timeout(busy_timeout))
                 .context(|| format!("opening {}", path.display()))?;

@@ -478,15 +478,14 @@ pub fn finish(
         "" => format!("operation {}", op.id),
         more => format!("operation {}; {more}", op.id),
     };
-    crate::catalog::store::record_admin_event(
+    crate::audit::record_in(
         tx,
-        &crate::catalog::store::AdminEvent {
-            time,
-            actor: "admin",
-            action: &op.action,
-            target: &format!("tenants/{}", op.tenant_id),
-            outcome: &code,
-            detail: &detail,
+        time,
+        &crate::audit::AdminCall {
+            action: op.action.clone(),
+            target: format!("tenants/{}", op.tenant_id),
+            outcome: code,
+            detail,
         },
     )
 }

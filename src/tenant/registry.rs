@@ -625,7 +625,7 @@ fn explain_failed_open(
         Some(TenantState::Active) => error,
         Some(TenantState::Suspended) if suspended_ok => error,
         Some(TenantState::Suspended) => Error::FailedPrecondition("tenant is suspended".into()),
-        _ => Error::NotFound(format!("tenant {tenant} does not exist")),
+        _ => crate::error::tenant_not_found(tenant),
     })
 }
 

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
 use crate::storage::schema::{self, Migrated};
+use crate::storage::sqlite::EXISTING;
 use crate::storage::staging::{StagedFile, Staging};
 use crate::tenant::migrations::{TENANT, latest};
 
@@ -29,9 +30,6 @@ pub struct FileSummary {
     pub sha256: String,
     pub schema_version: u32,
 }
-
-const EXISTING: OpenFlags =
-    OpenFlags::SQLITE_OPEN_READ_WRITE.union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
 /// Writes a consistent snapshot of the database at `source` into a new
 /// file of the staging folder, reserving what the snapshot may take there
