@@ -143,8 +143,7 @@ where
         let path = request.uri().path().to_owned();
         let metrics = self.metrics.clone();
         let summaries = self.summaries.clone();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let called = {
             let _entered = span.enter();
             inner.call(request)

@@ -189,8 +189,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let limits = &self.layer.limits;
         let path = request.uri().path();
         let refuse = |error: Error| -> Self::Future {

@@ -141,9 +141,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let policy = Policy::of(request.uri().path());
-        // The clone is not ready; the ready one is the one we were polled on.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         if policy == Policy::Open {
             return Box::pin(inner.call(request));
         }
