@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricRegistry;
 use prost::Message;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,7 +45,7 @@ fn latency_histogram() -> Histogram {
 
 /// Every metric of one server.
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricRegistry,
     known_methods: HashSet<String>,
     pub calls: Family<CallLabels, Counter>,
     pub call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
@@ -67,7 +67,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tenantry");
+        let mut registry = MetricRegistry::with_prefix("tenantry");
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "calls",
