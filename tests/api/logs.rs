@@ -131,6 +131,7 @@ async fn a_flood_of_failing_calls_adds_a_bounded_number_of_lines_to_the_log() {
         key: format!("tenantry_{}_{}", "0".repeat(32), "1".repeat(64)),
     };
     const CALLS: usize = 4000;
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let mut items = server.items().await;
@@ -154,6 +155,9 @@ async fn a_flood_of_failing_calls_adds_a_bounded_number_of_lines_to_the_log() {
     for task in tasks {
         task.await.unwrap();
     }
+    // The summaries have a budget of lines per second: a slow machine makes
+    // the flood last longer, and so gives them more (never a line a call).
+    let bound = (200 + 20 * started.elapsed().as_secs() as usize).min(CALLS / 4);
     drop(admin);
     let log = tokio::task::spawn_blocking(move || server.stop_and_read_log())
         .await
@@ -166,8 +170,8 @@ async fn a_flood_of_failing_calls_adds_a_bounded_number_of_lines_to_the_log() {
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     assert!(
-        log.len() < 200,
-        "{} lines for {CALLS} failing calls: {:#?}",
+        log.len() < bound,
+        "{} lines (more than {bound}) for {CALLS} failing calls: {:#?}",
         log.len(),
         &log[..20.min(log.len())]
     );
