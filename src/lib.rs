@@ -26,15 +26,16 @@
 //!    status and without touching any file. A tenant already running as many
 //!    calls as one tenant may is refused with RESOURCE_EXHAUSTED, so that no
 //!    tenant can take every slot from the others.
-//! 2. **The service method** ([`api`]) receives a verified tenant from the
+//! 2. **The service method** ([`resources::items::service`]; the admin
+//!    API is in [`api`]) receives a verified tenant from the
 //!    request's extensions, validates the request, and asks the
 //!    [`tenant::Registry`] for that tenant's database.
 //! 3. **The registry** keeps open tenants in a bounded cache. On a miss it
-//!    opens the tenant's file, `tenants/<uuid>.db` ([`storage::data_dir`]), once, no
-//!    matter how many calls wait for it, and brings its schema up to date
-//!    ([`storage::schema`]).
-//! 4. **The store** ([`items`]) runs its SQL on a pooled connection of that
-//!    file ([`storage::sqlite`]): a point read inline on the async thread
+//!    opens the tenant's file, `tenants/<uuid>.db` ([`storage::data_dir`]),
+//!    once, no matter how many calls wait for it, and brings its schema up
+//!    to date ([`storage::schema`]).
+//! 4. **The store** ([`resources::items::store`]) runs its SQL on a pooled
+//!    connection of that file ([`storage::sqlite`]): a point read inline on the async thread
 //!    when a connection is idle, anything longer and every write on a
 //!    blocking thread. There is no tenant filter in any query, and none to
 //!    forget: the connection belongs to one tenant.
@@ -70,10 +71,10 @@ pub mod deadline;
 pub mod error;
 pub mod fault;
 pub mod ids;
-pub mod items;
 pub mod layers;
 pub mod metrics;
 pub mod pagination;
+pub mod resources;
 pub mod server;
 pub mod storage;
 pub mod tenant;

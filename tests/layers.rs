@@ -32,13 +32,14 @@ const LAYERS: &[(&str, u32)] = &[
     // Credentials and the admin audit trail, over the catalog.
     ("auth", 3),
     ("audit", 3),
-    // A tenant database's schema, and the store of what it holds.
+    // A tenant database's schema, and the stores of what it holds.
     ("tenant::migrations", 4),
-    ("items", 4),
+    ("resources::items::store", 4),
     // Tenants: the registry of open ones, their lifecycle and operations.
     ("tenant", 5),
-    // The gRPC services.
+    // The gRPC services, the resources' own among them.
     ("api", 6),
+    ("resources", 6),
     // The front end: connections, then the layers every call passes.
     ("transport", 7),
     ("layers", 8),
@@ -272,7 +273,7 @@ fn without_comments_and_strings(text: &str) -> String {
 }
 
 /// Every module of the crate `code` names, as a path from the crate root
-/// (the first two segments, enough to find a layer), resolved from `module`.
+/// (the first three segments, enough to find a layer), resolved from `module`.
 fn paths_used(code: &str, module: &[String]) -> BTreeSet<Vec<String>> {
     let tokens = tokenize(code);
     let mut used = BTreeSet::new();
@@ -353,7 +354,7 @@ fn collect(tokens: &[String], at: usize, base: Vec<String>, used: &mut BTreeSet<
         }
     }
     if !path.is_empty() {
-        path.truncate(2);
+        path.truncate(3);
         used.insert(path);
     }
 }
@@ -432,12 +433,12 @@ fn a_planted_back_edge_is_found_however_it_is_written() {
         (
             "storage/sqlite.rs",
             "fn planted() { let _ = crate::api::audited::AuditedItemApi::new; }\n",
-            "storage::sqlite -> api::audited",
+            "storage::sqlite -> api::audited::AuditedItemApi",
         ),
         (
             "storage/schema.rs",
             "use super::super::layers::limits::Limits;\n",
-            "storage::schema -> layers::limits",
+            "storage::schema -> layers::limits::Limits",
         ),
         (
             "catalog/store.rs",

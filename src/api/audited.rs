@@ -16,13 +16,13 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::items::ItemApi;
 use crate::api::tenants::TenantApi;
 use crate::audit::{AdminCall, clip, record_admin_call};
 use crate::auth::{Acting, verified_tenant};
 use crate::catalog::Catalog;
 use crate::error::{OPERATION_METADATA, code_name};
 use crate::pb::{self, item_service_server::ItemService, tenant_service_server::TenantService};
+use crate::resources::items::service::ItemApi;
 
 fn outcome_of<T>(result: &Result<Response<T>, Status>) -> String {
     match result {

@@ -3,7 +3,6 @@
 //! into statuses in one place, [`crate::error`].
 
 pub mod audited;
-pub mod items;
 pub mod search;
 pub mod stream;
 pub mod tenants;

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use tonic::Status;
 
-use crate::api::items::to_pb;
 use crate::api::stream::{Answer, Producer, Stopped};
 use crate::audit::clip;
 use crate::audit::{AdminCall, record_admin_call};
@@ -32,8 +31,9 @@ use crate::deadline::{self, Deadline};
 use crate::error::code_name;
 use crate::error::{Error, Result, to_status};
 use crate::ids::TenantId;
-use crate::items::{self, MAX_TITLE_CHARS};
 use crate::pb;
+use crate::resources::items::service::to_pb;
+use crate::resources::items::store::{self as items, MAX_TITLE_CHARS};
 use crate::tenant::Registry;
 
 const DEFAULT_LIMIT: usize = 10;

@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
-use crate::api::items::ItemApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
 use crate::catalog::Catalog;
@@ -26,6 +25,7 @@ use crate::layers::routing::AdmissionLayer;
 use crate::pb::{
     self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
 };
+use crate::resources::items::service::ItemApi;
 use crate::storage::data_dir::DataDir;
 use crate::storage::disk::Disk;
 use crate::storage::sqlite::{PoolSettings, run_blocking};

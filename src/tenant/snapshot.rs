@@ -262,8 +262,8 @@ fn check_rows(conn: &Connection, version: u32) -> Result<()> {
             &format!(
                 "SELECT count(*) FROM items WHERE octet_length(id) <> 36
                  OR octet_length(title) > {} OR octet_length(description) > {}",
-                crate::items::MAX_TITLE_CHARS * 4,
-                crate::items::MAX_DESCRIPTION_CHARS * 4
+                crate::resources::items::store::MAX_TITLE_CHARS * 4,
+                crate::resources::items::store::MAX_DESCRIPTION_CHARS * 4
             ),
             [],
             |row| row.get(0),
@@ -297,11 +297,12 @@ fn check_rows(conn: &Connection, version: u32) -> Result<()> {
         .map_err(|e| bad("items", e))?;
         let (id, title, description, completed, times, revision, due_time) = item;
         let valid = crate::ids::parse_canonical_uuid("id", &id).is_ok()
-            && crate::items::check_title("title", &title).is_ok()
-            && crate::items::check_description("description", &description).is_ok()
+            && crate::resources::items::store::check_title("title", &title).is_ok()
+            && crate::resources::items::store::check_description("description", &description)
+                .is_ok()
             && (0..=1).contains(&completed)
             && times.iter().all(|t| crate::clock::is_valid(*t))
-            && (1..=crate::items::MAX_REVISION).contains(&revision)
+            && (1..=crate::resources::items::store::MAX_REVISION).contains(&revision)
             && due_time.is_none_or(crate::clock::is_valid);
         if !valid {
             return Err(not_valid(&format!(

@@ -7,9 +7,11 @@ use crate::auth::{VerifiedTenant, verified_tenant};
 use crate::clock::{Micros, from_timestamp, to_timestamp};
 use crate::error::{Error, Result};
 use crate::ids::parse_canonical_uuid;
-use crate::items::{self, Cursor, Item, ItemChanges, NewItem, check_description, check_title};
 use crate::pagination;
 use crate::pb::{self, item_service_server::ItemService};
+use crate::resources::items::store::{
+    self as items, Cursor, Item, ItemChanges, NewItem, check_description, check_title,
+};
 use crate::tenant::Registry;
 
 pub struct ItemApi {
