@@ -245,6 +245,10 @@ impl Operations {
                 }),
             )
             .await;
+            // The task holds no database past the record: a caller that
+            // hears the outcome and stops the server finds every database
+            // closed with it.
+            drop(catalog);
             operations
                 .recording
                 .lock()
