@@ -89,6 +89,25 @@ pub fn cut_page<T>(
     encode(scope, &cursor(last))
 }
 
+/// The cursor in `token` as `parse` reads it, or `None` for an empty token
+/// (the first page). A token of this list whose cursor does not parse is
+/// INVALID_ARGUMENT.
+pub fn decode_with<T>(
+    scope: &[u8],
+    token: &str,
+    parse: impl FnOnce(Vec<u8>) -> Option<T>,
+) -> Result<Option<T>> {
+    let Some(bytes) = decode(scope, token)? else {
+        return Ok(None);
+    };
+    parse(bytes).map(Some).ok_or_else(|| {
+        Error::invalid(
+            "page_token",
+            "is damaged: pass the next_page_token of the previous page unchanged",
+        )
+    })
+}
+
 /// The cursor in `token`, or `None` for an empty token (the first page).
 pub fn decode(scope: &[u8], token: &str) -> Result<Option<Vec<u8>>> {
     if token.is_empty() {

@@ -140,15 +140,9 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let query = request.into_inner();
         let page_size = pagination::page_size(query.page_size)?;
-        let after = match pagination::decode(LIST_SCOPE, &query.page_token)? {
-            None => None,
-            Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| {
-                Error::invalid(
-                    "page_token",
-                    "is damaged: pass the next_page_token of the previous page unchanged",
-                )
-            })?),
-        };
+        let after = pagination::decode_with(LIST_SCOPE, &query.page_token, |bytes| {
+            String::from_utf8(bytes).ok()
+        })?;
         let mut page = self
             .catalog
             .read(move |conn| store::list_tenants(conn, after.as_deref(), page_size + 1))
@@ -262,15 +256,9 @@ impl TenantService for TenantApi {
         let tenant_id = TenantId::parse("tenant_id", &query.tenant_id)?;
         let page_size = pagination::page_size(query.page_size)?;
         let scope = format!("keys/{tenant_id}").into_bytes();
-        let after = match pagination::decode(&scope, &query.page_token)? {
-            None => None,
-            Some(bytes) => Some(Cursor::from_bytes(&bytes).ok_or_else(|| {
-                Error::invalid(
-                    "page_token",
-                    "is damaged: pass the next_page_token of the previous page unchanged",
-                )
-            })?),
-        };
+        let after = pagination::decode_with(&scope, &query.page_token, |bytes| {
+            Cursor::from_bytes(&bytes)
+        })?;
         let mut page = self
             .catalog
             .read(move |conn| {
@@ -493,15 +481,10 @@ impl TenantService for TenantApi {
             Some(id) => format!("audit/tenants/{id}"),
             None => "audit/all".to_owned(),
         };
-        let after = match pagination::decode(scope.as_bytes(), &query.page_token)? {
-            None => audit::Position::START,
-            Some(bytes) => audit::Position::from_bytes(&bytes).ok_or_else(|| {
-                Error::invalid(
-                    "page_token",
-                    "is damaged: pass the next_page_token of the previous page unchanged",
-                )
-            })?,
-        };
+        let after = pagination::decode_with(scope.as_bytes(), &query.page_token, |bytes| {
+            audit::Position::from_bytes(&bytes)
+        })?
+        .unwrap_or(audit::Position::START);
         let (admin, state) = self
             .catalog
             .read(move |conn| {

@@ -116,15 +116,9 @@ impl ItemService for ItemApi {
         let query = request.into_inner();
         let page_size = pagination::page_size(query.page_size)?;
         let scope = list_scope(&tenant, query.completed);
-        let after = match pagination::decode(&scope, &query.page_token)? {
-            None => None,
-            Some(bytes) => Some(Cursor::from_bytes(&bytes).ok_or_else(|| {
-                Error::invalid(
-                    "page_token",
-                    "is damaged: pass the next_page_token of the previous page unchanged",
-                )
-            })?),
-        };
+        let after = pagination::decode_with(&scope, &query.page_token, |bytes| {
+            Cursor::from_bytes(&bytes)
+        })?;
         let completed = query.completed;
         let mut page = self
             .registry
