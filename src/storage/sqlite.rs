@@ -1084,8 +1084,10 @@ mod tests {
         (first, release)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_past_the_quota_fails_alone_and_its_batch_can_retry() {
+    /// Writes 1 to `count` queued together behind a write in progress, on
+    /// a database with a 64 KiB quota: those that `too_big` names insert
+    /// 256 KiB; how each ended, once every one was answered.
+    async fn one_batch_past_the_quota(count: i64, too_big: fn(i64) -> bool) -> Vec<Result<()>> {
         let dir = tempfile::TempDir::new().unwrap();
         let settings = PoolSettings {
             max_bytes: Some(64 * 1024),
@@ -1094,11 +1096,11 @@ mod tests {
         let db = database_with(dir.path(), settings);
         let (first, release) = hold_writer(&db).await;
         let mut queued = Vec::new();
-        for n in 1..=4i64 {
+        for n in 1..=count {
             let db = db.clone();
             let mut write = Box::pin(async move {
                 db.write(move |tx| {
-                    let size = if n == 2 { 256 * 1024 } else { 16 };
+                    let size = if too_big(n) { 256 * 1024 } else { 16 };
                     tx.execute("INSERT INTO t (n, b) VALUES (?1, zeroblob(?2))", [n, size])
                         .map(|_| ())
                         .context(|| format!("inserting {n}"))
@@ -1110,52 +1112,7 @@ mod tests {
         }
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
-        let mut outcomes = Vec::new();
-        for write in queued {
-            outcomes.push(write.await);
-        }
-        assert!(
-            matches!(outcomes[0], Err(Error::Unavailable(_))),
-            "a write undone by another one's failure may be retried: {:?}",
-            outcomes[0]
-        );
-        let full = outcomes[1]
-            .as_ref()
-            .unwrap_err()
-            .sqlite_code()
-            .map(|c| c.code);
-        assert_eq!(full, Some(rusqlite::ffi::ErrorCode::DiskFull));
-        assert!(outcomes[2].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_batch_with_many_writes_past_the_quota_does_not_stall_the_writer() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let settings = PoolSettings {
-            max_bytes: Some(64 * 1024),
-            ..PoolSettings::new(2, 256, Duration::from_secs(5))
-        };
-        let db = database_with(dir.path(), settings);
-        let (first, release) = hold_writer(&db).await;
-        // Every other write is too big: each one breaks the batch it is in.
-        let mut queued = Vec::new();
-        for n in 1..=8i64 {
-            let db = db.clone();
-            let mut write = Box::pin(async move {
-                db.write(move |tx| {
-                    let size = if n % 2 == 0 { 256 * 1024 } else { 16 };
-                    tx.execute("INSERT INTO t (n, b) VALUES (?1, zeroblob(?2))", [n, size])
-                        .map(|_| ())
-                        .context(|| format!("inserting {n}"))
-                })
-                .await
-            });
-            assert!(futures::poll!(&mut write).is_pending());
-            queued.push(write);
-        }
-        release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-        let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        let outcomes = tokio::time::timeout(Duration::from_secs(20), async {
             let mut outcomes = Vec::new();
             for write in queued {
                 outcomes.push(write.await);
@@ -1164,18 +1121,37 @@ mod tests {
         })
         .await
         .expect("every write is answered");
-        let full = answered
-            .iter()
-            .filter(|o| {
-                o.as_ref()
-                    .err()
-                    .and_then(Error::sqlite_code)
-                    .map(|c| c.code)
-                    == Some(rusqlite::ffi::ErrorCode::DiskFull)
-            })
-            .count();
-        assert_eq!(full, 4, "{answered:?}");
         db.retire().await;
+        outcomes
+    }
+
+    fn is_disk_full(outcome: &Result<()>) -> bool {
+        outcome
+            .as_ref()
+            .err()
+            .and_then(Error::sqlite_code)
+            .map(|c| c.code)
+            == Some(rusqlite::ffi::ErrorCode::DiskFull)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_past_the_quota_fails_alone_and_its_batch_can_retry() {
+        let outcomes = one_batch_past_the_quota(4, |n| n == 2).await;
+        assert!(
+            matches!(outcomes[0], Err(Error::Unavailable(_))),
+            "a write undone by another one's failure may be retried: {:?}",
+            outcomes[0]
+        );
+        assert!(is_disk_full(&outcomes[1]), "{:?}", outcomes[1]);
+        assert!(outcomes[2].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_with_many_writes_past_the_quota_does_not_stall_the_writer() {
+        // Every other write is too big: each one breaks the batch it is in.
+        let outcomes = one_batch_past_the_quota(8, |n| n % 2 == 0).await;
+        let full = outcomes.iter().filter(|o| is_disk_full(o)).count();
+        assert_eq!(full, 4, "{outcomes:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,26 +205,59 @@ async fn titles_through(server: &ServerProcess, tenant: &TestTenant) -> Vec<Stri
         .collect()
 }
 
-#[tokio::test]
-async fn a_restore_that_started_runs_to_its_end_and_a_retry_hears_its_outcome() {
-    let (dir, acme, backup) = prepared_with_backup().await;
-    let server = ServerProcess::start(
-        &dir,
-        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=4000")],
-    );
+/// A server on `dir` that pauses at `pause` (`<point>=<ms>`), an admin
+/// client of it, and the operation of a restore of `tenant` from `backup`
+/// whose caller gave up while it ran (told its outcome is unknown).
+async fn restore_given_up(
+    dir: &TempDir,
+    tenant: &TestTenant,
+    backup: &str,
+    request_id: &str,
+    pause: &str,
+) -> (
+    ServerProcess,
+    pb::tenant_service_client::TenantServiceClient<tonic::transport::Channel>,
+    String,
+) {
+    let server = ServerProcess::start(dir, &[(tenantry::fault::PAUSE_ENV, pause)]);
     let mut admin = server.admin().await;
     let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, "")), 1000))
+        .restore_tenant(within(as_admin(restore(tenant, backup, request_id)), 1000))
         .await
         .unwrap_err();
     let operation = unknown_outcome(&gave_up);
-    let running = admin
-        .get_operation(as_admin(pb::GetOperationRequest {
-            id: operation.clone(),
-        }))
+    (server, admin, operation)
+}
+
+async fn operation_record(
+    admin: &mut pb::tenant_service_client::TenantServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> pb::Operation {
+    admin
+        .get_operation(as_admin(pb::GetOperationRequest { id: id.to_owned() }))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// Stops `server`, which must have had nothing left for a restart to finish.
+async fn stop_with_nothing_to_finish(server: ServerProcess) {
+    let log = tokio::task::spawn_blocking(move || server.stop_and_read_log())
+        .await
+        .unwrap();
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("finishing an operation")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_that_started_runs_to_its_end_and_a_retry_hears_its_outcome() {
+    let (dir, acme, backup) = prepared_with_backup().await;
+    let (server, mut admin, operation) =
+        restore_given_up(&dir, &acme, &backup, "", "restore.after-record=4000").await;
+    let running = operation_record(&mut admin, &operation).await;
     assert_eq!(running.state, pb::OperationState::Running as i32);
     assert_eq!(running.action, "RestoreTenant");
     assert_eq!(running.tenant_id, acme.id);
@@ -235,13 +268,7 @@ async fn a_restore_that_started_runs_to_its_end_and_a_retry_hears_its_outcome() 
         .await
         .expect("a retry hears how the operation ended");
     assert_eq!(operation_of(&answer), operation);
-    let done = admin
-        .get_operation(as_admin(pb::GetOperationRequest {
-            id: operation.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = operation_record(&mut admin, &operation).await;
     assert_eq!(done.state, pb::OperationState::Succeeded as i32);
     assert_eq!(done.outcome, "OK");
     assert!(done.end_time.is_some());
@@ -306,14 +333,7 @@ async fn a_delete_that_started_finishes_and_frees_the_name_though_its_caller_gav
     crate::common::create_tenant(&mut admin, "acme").await;
     // Restarted, the server has nothing left to finish.
     drop((admin, items));
-    let log = tokio::task::spawn_blocking(move || server.stop_and_read_log())
-        .await
-        .unwrap();
-    assert!(
-        !log.iter()
-            .any(|line| line.contains("finishing an operation")),
-        "{log:?}"
-    );
+    stop_with_nothing_to_finish(server).await;
 }
 
 #[tokio::test]
@@ -432,40 +452,27 @@ async fn a_retry_with_the_same_request_id_is_answered_with_the_first_outcome() {
 #[tokio::test]
 async fn a_caller_that_goes_away_as_its_operation_is_recorded_cannot_stop_it() {
     let (dir, acme, backup) = prepared_with_backup().await;
-    // The caller's deadline passes between the record and the first step.
-    let server = ServerProcess::start(
-        &dir,
-        &[(tenantry::fault::PAUSE_ENV, "operation.after-record=3000")],
-    );
-    let mut admin = server.admin().await;
     let request_id = uuid::Uuid::new_v4().to_string();
-    let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 1000))
-        .await
-        .unwrap_err();
-    let operation = unknown_outcome(&gave_up);
+    // The caller's deadline passes between the record and the first step.
+    let (server, mut admin, operation) = restore_given_up(
+        &dir,
+        &acme,
+        &backup,
+        &request_id,
+        "operation.after-record=3000",
+    )
+    .await;
     let answer = admin
         .restore_tenant(as_admin(restore(&acme, &backup, &request_id)))
         .await
         .expect("the operation runs on and its retry hears how it ended");
     assert_eq!(operation_of(&answer), operation);
     assert_eq!(titles_through(&server, &acme).await, ["kept"]);
-    let done = admin
-        .get_operation(as_admin(pb::GetOperationRequest { id: operation }))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = operation_record(&mut admin, &operation).await;
     assert_eq!(done.state, pb::OperationState::Succeeded as i32);
     // A restart has nothing to finish, and the data stays restored.
     drop(admin);
-    let log = tokio::task::spawn_blocking(move || server.stop_and_read_log())
-        .await
-        .unwrap();
-    assert!(
-        !log.iter()
-            .any(|line| line.contains("finishing an operation")),
-        "{log:?}"
-    );
+    stop_with_nothing_to_finish(server).await;
     let server = ServerProcess::start(&dir, &[]);
     assert_eq!(titles_through(&server, &acme).await, ["kept"]);
 }
@@ -473,17 +480,15 @@ async fn a_caller_that_goes_away_as_its_operation_is_recorded_cannot_stop_it() {
 #[tokio::test]
 async fn a_restore_whose_checked_copy_is_lost_fails_and_leaves_the_tenant_as_it_was() {
     let (dir, acme, backup) = prepared_with_backup().await;
-    let server = ServerProcess::start(
-        &dir,
-        &[(tenantry::fault::PAUSE_ENV, "restore.after-record=3000")],
-    );
-    let mut admin = server.admin().await;
     let request_id = uuid::Uuid::new_v4().to_string();
-    let gave_up = admin
-        .restore_tenant(within(as_admin(restore(&acme, &backup, &request_id)), 1000))
-        .await
-        .unwrap_err();
-    let operation = unknown_outcome(&gave_up);
+    let (server, mut admin, operation) = restore_given_up(
+        &dir,
+        &acme,
+        &backup,
+        &request_id,
+        "restore.after-record=3000",
+    )
+    .await;
     // An unlucky operator empties the staging folder meanwhile.
     let staging = dir.path().join("data").join("staging");
     let staged = files_under(&staging);
@@ -496,11 +501,7 @@ async fn a_restore_whose_checked_copy_is_lost_fails_and_leaves_the_tenant_as_it_
         Code::Aborted,
     );
     assert!(status.message().contains("unchanged"), "{status:?}");
-    let done = admin
-        .get_operation(as_admin(pb::GetOperationRequest { id: operation }))
-        .await
-        .unwrap()
-        .into_inner();
+    let done = operation_record(&mut admin, &operation).await;
     assert_eq!(done.state, pb::OperationState::Failed as i32);
     assert_eq!(done.outcome, "ABORTED");
     assert_eq!(titles_through(&server, &acme).await, ["later", "kept"]);
