@@ -216,7 +216,6 @@ impl Operations {
         let id = Uuid::now_v7();
         let op = record(id);
         let deadline = deadline::current();
-        let call_request_id = call.request_id;
         let retried = call.clone();
         let (recorded, started) = oneshot::channel();
         let operations = self.clone();
@@ -227,12 +226,11 @@ impl Operations {
             .expect("never poisoned")
             .insert(id, written_rx);
         tokio::spawn(async move {
-            let catalog = task_catalog;
             let entry = op.clone();
             let commit = deadline.clone();
             let written = deadline::scope(
                 deadline,
-                catalog.write(move |tx| {
+                task_catalog.write(move |tx| {
                     changes(tx)?;
                     operations::insert(tx, &entry)?;
                     // The point of no return: the caller is still waiting,
@@ -248,7 +246,7 @@ impl Operations {
             // The task holds no database past the record: a caller that
             // hears the outcome and stops the server finds every database
             // closed with it.
-            drop(catalog);
+            drop(task_catalog);
             operations
                 .recording
                 .lock()
@@ -277,7 +275,7 @@ impl Operations {
         match outcome {
             // The same call may have been recorded meanwhile under the same
             // request_id by a retry that raced this one: its outcome answers.
-            Err(error) if call_request_id.is_some() => {
+            Err(error) if retried.request_id.is_some() => {
                 match self.existing(catalog, &retried).await {
                     Ok(Some(started)) => Ok(started),
                     _ => Err(error),

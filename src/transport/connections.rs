@@ -541,10 +541,10 @@ where
         let activity = &self.connection.activity;
         activity.open_calls.fetch_add(1, Ordering::Relaxed);
         activity.busy_calls.fetch_add(1, Ordering::Relaxed);
-        let standing = CallActivity {
+        let standing = CallActivity(Arc::new(Standing {
             connection: self.connection.clone(),
-            counts: Arc::new(AtomicBool::new(true)),
-        };
+            counts: AtomicBool::new(true),
+        }));
         request.extensions_mut().insert(standing.clone());
         let open = OpenCall { standing };
         let called = self.inner.clone().oneshot(request);
@@ -565,16 +565,19 @@ where
 /// its connection cap) until a layer says it does not, for a call that
 /// needs no credential or was refused.
 #[derive(Clone)]
-pub struct CallActivity {
+pub struct CallActivity(Arc<Standing>);
+
+struct Standing {
     connection: Arc<Connection>,
-    counts: Arc<AtomicBool>,
+    counts: AtomicBool,
 }
 
 impl CallActivity {
     /// From now on the call does not count.
     pub fn discount(&self) {
-        if self.counts.swap(false, Ordering::Relaxed) {
-            self.connection
+        if self.0.counts.swap(false, Ordering::Relaxed) {
+            self.0
+                .connection
                 .activity
                 .busy_calls
                 .fetch_sub(1, Ordering::Relaxed);
@@ -590,7 +593,7 @@ struct OpenCall {
 impl Drop for OpenCall {
     fn drop(&mut self) {
         self.standing.discount();
-        let connection = &self.standing.connection;
+        let connection = &self.standing.0.connection;
         let activity = &connection.activity;
         let now = connection.began.elapsed().as_millis() as u64;
         activity.last_call_end_ms.fetch_max(now, Ordering::Relaxed);
