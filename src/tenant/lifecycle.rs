@@ -954,11 +954,12 @@ fn finish_restore(
             None => file.exists(),
         };
         if !swapped {
-            let lost = Error::Aborted(format!(
-                "the checked copy of the snapshot ({}) was lost before it was put in place: \
-                 the tenant's data is unchanged; restore again",
-                staged.display()
-            ));
+            tracing::warn!(tenant = %id, path = %staged.display(), "the checked copy of a restore is gone");
+            let lost = Error::Aborted(
+                "the checked copy of the snapshot in the staging folder was lost before it was \
+                 put in place: the tenant's data is unchanged; restore again"
+                    .into(),
+            );
             catalog.write_now(|tx| operations::finish(tx, op, &Err(&lost), detail))?;
             return Ok(Err(lost));
         }
