@@ -47,6 +47,16 @@ impl<K: Eq + Hash + Copy, V> WeakMap<K, V> {
         value
     }
 
+    /// The value of `key`, if somebody still holds it.
+    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.map
+            .lock()
+            .expect("the weak map lock is never poisoned")
+            .values
+            .get(key)
+            .and_then(Weak::upgrade)
+    }
+
     /// The values somebody still holds.
     pub fn values(&self) -> Vec<Arc<V>> {
         self.map

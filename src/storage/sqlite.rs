@@ -278,6 +278,25 @@ pub struct WriteTurn {
 #[derive(Debug)]
 pub struct Retired;
 
+/// A turn of either kind, so that code which finds a database and takes a
+/// turn on it is written once for reads and writes.
+pub trait Turn: Sized + Send {
+    /// Waits for a turn on `database`; `Err(Retired)` if it was retired.
+    fn take(database: &Database) -> impl Future<Output = Result<Self, Retired>> + Send;
+}
+
+impl Turn for ReadTurn {
+    fn take(database: &Database) -> impl Future<Output = Result<Self, Retired>> + Send {
+        database.read_turn()
+    }
+}
+
+impl Turn for WriteTurn {
+    fn take(database: &Database) -> impl Future<Output = Result<Self, Retired>> + Send {
+        database.write_turn()
+    }
+}
+
 impl Database {
     /// Opens an existing database file: first on one connection of its own,
     /// which runs `prepare` (switching to WAL, migrating) and then becomes

@@ -10,4 +10,4 @@ pub mod snapshot;
 pub mod usage;
 
 pub use lifecycle::{Lifecycle, recover};
-pub use registry::{Exclusive, Registry, RegistrySettings, Shared};
+pub use registry::{Exclusive, Registry, RegistrySettings, Shared, Stage};

@@ -24,6 +24,12 @@
 //! until then it is listed as closing, and an exclusive hold waits for it.
 //! So when an operation moves a tenant's file, no connection of this
 //! process has it open, and the file is whole, with nothing beside it.
+//!
+//! # Lifecycle
+//!
+//! A tenant's database in this process is in one [`Stage`] at a time; its
+//! definition lists the stages and every transition between them, and
+//! [`Registry::stage`] reports it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,7 +48,7 @@ use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::storage::data_dir::DataDir;
 use crate::storage::schema::{self, Migrated};
-use crate::storage::sqlite::{self, Database, PoolSettings, run_blocking};
+use crate::storage::sqlite::{self, Database, PoolSettings, Turn, run_blocking};
 use crate::storage::staging::Staging;
 use crate::tenant::migrations::TENANT;
 use crate::weak_map::WeakMap;
@@ -81,22 +87,72 @@ struct Inner {
 
 const MIGRATED_OK: OutcomeLabels = OutcomeLabels { outcome: "ok" };
 
-/// How often a call looks its tenant up again after finding the database it
-/// got retired under it (by a restore, which swaps in a new one).
-const LOOKUPS: usize = 3;
+/// Where one tenant's database stands in this process.
+///
+/// ```text
+///             first call (gate shared)         in the cache
+///   Closed ──────────────────────────▶ Opening ────────────▶ Open
+///     ▲  │                                │ the open failed    │ left the cache: evicted
+///     │  │ an operation (gate exclusive)  ▼                    │ (capacity, idle), closed
+///     │  └──────────▶ Held            Closed                   │ after a storage fault,
+///     │                 │ released                             │ or taken by an operation
+///     │                 ▼                                      ▼
+///     └─────────────  Closed  ◀──── last call done ──────── Closing
+/// ```
+///
+/// - **Closed**: no database of the tenant is open here; its file is one
+///   self-contained file on disk.
+/// - **Opening**: a call found the tenant closed and opens its file, holding
+///   the tenant's gate shared; concurrent first calls wait for this one open
+///   (moka's single flight). A failed open leaves the tenant closed.
+/// - **Open**: the database is in the cache and serves calls; a call that
+///   finds it there takes a turn on it without touching the gate (the hot
+///   path).
+/// - **Closing**: the database left the cache. Whatever closes it holds the
+///   tenant's gate exclusively while it waits for the calls already running
+///   on it and closes its connections (which checkpoints the file); calls
+///   that come later are refused a turn.
+/// - **Held**: an operation that moves or replaces the file holds the gate
+///   exclusively ([`Registry::exclusive`]); nothing opens the tenant or
+///   reads its file until the hold is released.
+///
+/// A call that finds its database closing after it looked it up (the one
+/// case where a turn is refused) takes the gate shared, which waits for the
+/// closing or the operation to finish, and finds or opens the tenant again
+/// under it. While a call holds the gate shared, nothing can close the
+/// database it finds, so the second look always gets a turn: a call looks
+/// at most twice, and never waits for anything but the stage before it.
+///
+/// The stages can overlap for a moment (a database still closing while a
+/// new one of the same tenant opens); [`Registry::stage`] reports the one a
+/// new call meets, in the order Held, Open, Opening, Closing, Closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Closed,
+    Opening,
+    Open,
+    Closing,
+    Held,
+}
 
 /// Exclusive hold on a tenant's file: while it lives, the tenant is not open
 /// and nothing can open it or read its file. See [`Registry::exclusive`].
 pub struct Exclusive {
     _gate: OwnedRwLockWriteGuard<()>,
-    _slot: Arc<Slot>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        self.slot.held.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Shared hold on a tenant's file: it will not be moved or replaced while
 /// this lives. See [`Registry::shared`].
 pub struct Shared {
     _gate: OwnedRwLockReadGuard<()>,
-    _slot: Arc<Slot>,
+    slot: Arc<Slot>,
 }
 
 impl Registry {
@@ -126,10 +182,15 @@ impl Registry {
                     // which checkpoints the file and removes its -wal and
                     // -shm. Until then it is listed as closing, so that an
                     // operation that moves the file waits for it.
+                    // It is closed under the tenant's gate, held exclusively:
+                    // a call holding the gate shared (one that opened the
+                    // tenant, or looks for it a second time) gets its turn
+                    // before the database closes. See [`Stage`].
                     let slot = closing_slots.get_or_make(*tenant, Slot::default);
                     slot.closing().push(database.clone());
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                         runtime.spawn(async move {
+                            let _gate = slot.gate.clone().write_owned().await;
                             database.retire().await;
                             slot.closing().retain(|d| !Arc::ptr_eq(d, &database));
                         });
@@ -185,14 +246,9 @@ impl Registry {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         self.touch(tenant);
-        for _ in 0..LOOKUPS {
-            let database = self.get(tenant).await?;
-            if let Ok(turn) = database.read_turn().await {
-                let result = database.read_bounded_in(turn, f).await;
-                return self.checked(tenant, result).await;
-            }
-        }
-        Err(busy(tenant))
+        let (database, turn) = self.turn(tenant).await?;
+        let result = database.read_bounded_in(turn, f).await;
+        self.checked(tenant, result).await
     }
 
     /// Runs `f` in a write transaction on an active tenant's database: for
@@ -205,26 +261,46 @@ impl Registry {
         // The room left on a full disk is for the catalog.
         self.inner.catalog.disk().refuse_if_full()?;
         self.touch(tenant);
-        for _ in 0..LOOKUPS {
-            let database = self.get(tenant).await?;
-            if let Ok(turn) = database.write_turn().await {
-                let result = database.write_in(turn, f).await;
-                return self.checked(tenant, result).await;
-            }
-        }
-        Err(busy(tenant))
+        let (database, turn) = self.turn(tenant).await?;
+        let result = database.write_in(turn, f).await;
+        self.checked(tenant, result).await
     }
 
-    /// The open database of an active tenant, opening it on first use.
-    pub async fn get(&self, tenant: TenantId) -> Result<Arc<Database>> {
+    /// The open database of an active tenant, opened on first use, and a
+    /// turn on it. A database found open takes one cache lookup; one found
+    /// closing, or not found, is looked for again under the tenant's gate,
+    /// which no closing can pass (see [`Stage`]).
+    async fn turn<K: Turn>(&self, tenant: TenantId) -> Result<(Arc<Database>, K)> {
+        match self.inner.open.get(&tenant).await {
+            Some(database) => {
+                self.inner.metrics.registry_hits.inc();
+                if let Ok(turn) = K::take(&database).await {
+                    return Ok((database, turn));
+                }
+            }
+            None => {
+                self.inner.metrics.registry_misses.inc();
+            }
+        }
+        // Open → Closing happened after the lookup, or the tenant is
+        // Closed: wait for whatever holds the gate, then find or open it.
+        let shared = self.shared(tenant).await;
+        let database = self.open_under(tenant, &shared).await?;
+        let turn = K::take(&database)
+            .await
+            .map_err(|_| closed_under_gate(tenant))?;
+        Ok((database, turn))
+    }
+
+    /// The open database of an active tenant, opened now if it is not open,
+    /// for a caller holding the tenant's gate shared: held until the opened
+    /// database is in the cache, so that an exclusive operation either sees
+    /// it there or opens nothing.
+    async fn open_under(&self, tenant: TenantId, shared: &Shared) -> Result<Arc<Database>> {
         if let Some(database) = self.inner.open.get(&tenant).await {
-            self.inner.metrics.registry_hits.inc();
             return Ok(database);
         }
-        self.inner.metrics.registry_misses.inc();
-        // Held until the opened database is in the cache, so that an
-        // exclusive operation either sees it there or opens nothing.
-        let _shared = self.shared(tenant).await;
+        let _opening = Opening::new(&shared.slot);
         let database = self
             .inner
             .open
@@ -315,11 +391,21 @@ impl Registry {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        if let Some(database) = self.inner.open.get(&tenant).await {
-            let result = database.read(f).await;
+        if let Some(database) = self.inner.open.get(&tenant).await
+            && let Ok(turn) = database.read_turn().await
+        {
+            let result = database.read_in(turn, f).await;
             return self.checked(tenant, result).await;
         }
         let _shared = self.shared(tenant).await;
+        // Under the gate, a database of the tenant that is open stays open
+        // for this read; one that was closing is closed.
+        if let Some(database) = self.inner.open.get(&tenant).await
+            && let Ok(turn) = database.read_turn().await
+        {
+            let result = database.read_in(turn, f).await;
+            return self.checked(tenant, result).await;
+        }
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
@@ -411,7 +497,7 @@ impl Registry {
         let slot = self.slot(tenant);
         Shared {
             _gate: slot.gate.clone().read_owned().await,
-            _slot: slot,
+            slot,
         }
     }
 
@@ -425,14 +511,12 @@ impl Registry {
     pub async fn exclusive(&self, tenant: TenantId) -> Exclusive {
         let slot = self.slot(tenant);
         let gate = slot.gate.clone().write_owned().await;
+        slot.held.store(true, Ordering::Relaxed);
         if let Some(database) = self.inner.open.remove(&tenant).await {
             database.retire().await;
         }
         slot.closed().await;
-        Exclusive {
-            _gate: gate,
-            _slot: slot,
-        }
+        Exclusive { _gate: gate, slot }
     }
 
     /// A call's result, with a storage failure of the tenant's file turned
@@ -509,6 +593,23 @@ impl Registry {
     /// Is the tenant open now?
     pub fn is_open(&self, tenant: TenantId) -> bool {
         self.inner.open.contains_key(&tenant)
+    }
+
+    /// The stage a new call for the tenant meets now (see [`Stage`]).
+    pub fn stage(&self, tenant: TenantId) -> Stage {
+        let slot = self.inner.slots.get(&tenant);
+        let flag = |f: fn(&Slot) -> bool| slot.as_deref().is_some_and(f);
+        if flag(|s| s.held.load(Ordering::Relaxed)) {
+            Stage::Held
+        } else if self.is_open(tenant) {
+            Stage::Open
+        } else if flag(|s| s.opening.load(Ordering::Relaxed) > 0) {
+            Stage::Opening
+        } else if flag(|s| !s.closing().is_empty()) {
+            Stage::Closing
+        } else {
+            Stage::Closed
+        }
     }
 
     /// How many times a tenant database has been opened since start.
@@ -629,9 +730,11 @@ fn explain_failed_open(
     })
 }
 
-fn busy(tenant: TenantId) -> Error {
+/// A database found under the tenant's gate was closed: only a shutdown
+/// closes one without the gate.
+fn closed_under_gate(tenant: TenantId) -> Error {
     Error::Unavailable(format!(
-        "tenant {tenant} is being restored or moved: retry the call"
+        "tenant {tenant}'s database was closed (the server is stopping): retry the call"
     ))
 }
 
@@ -645,6 +748,26 @@ type OpenFile = (TenantId, std::sync::Weak<Database>);
 struct Slot {
     gate: Arc<RwLock<()>>,
     closing: std::sync::Mutex<Vec<Arc<Database>>>,
+    /// Whether an operation holds the gate exclusively ([`Stage::Held`]).
+    held: std::sync::atomic::AtomicBool,
+    /// Calls opening the tenant now ([`Stage::Opening`]).
+    opening: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a call as opening its tenant while it lives.
+struct Opening<'a>(&'a Slot);
+
+impl<'a> Opening<'a> {
+    fn new(slot: &'a Slot) -> Self {
+        slot.opening.fetch_add(1, Ordering::Relaxed);
+        Opening(slot)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Slot {
@@ -659,6 +782,7 @@ impl Slot {
         let closing: Vec<Arc<Database>> = self.closing().clone();
         for database in closing {
             database.retire().await;
+            self.closing().retain(|d| !Arc::ptr_eq(d, &database));
         }
     }
 }

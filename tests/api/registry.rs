@@ -1,6 +1,9 @@
 //! The registry of open tenants: single flight, and its bound.
 
-use tenantry::pb::ListItemsRequest;
+use tenantry::ids::TenantId;
+use tenantry::pb::{GetItemRequest, ListItemsRequest};
+use tenantry::tenant::Stage;
+use tonic::Code;
 
 use crate::common::{new_item, spawn_with};
 
@@ -111,5 +114,109 @@ async fn closing_every_tenant_closes_their_files_at_once() {
             "the last connection checkpointed {}",
             wal.display()
         );
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_moves_through_its_stages_as_calls_and_operations_reach_it() {
+    let server = spawn_with(|_| {}).await;
+    let acme = server.tenant("acme").await;
+    let id = TenantId::parse("id", &acme.id).unwrap();
+    let registry = &server.registry;
+    let mut items = server.items().await;
+    let list = || acme.call(ListItemsRequest::default());
+    assert_eq!(registry.stage(id), Stage::Closed, "created, not opened");
+
+    items.list_items(list()).await.unwrap();
+    assert_eq!(registry.stage(id), Stage::Open);
+
+    // An operation takes the file: the tenant is closed and held, and a
+    // call waits for the hold instead of opening the file.
+    let held = registry.exclusive(id).await;
+    assert_eq!(registry.stage(id), Stage::Held);
+    assert!(!registry.is_open(id));
+    let mut waiting = Box::pin({
+        let mut items = items.clone();
+        let request = list();
+        async move { items.list_items(request).await }
+    });
+    let opens = registry.opens();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), &mut waiting)
+            .await
+            .is_err(),
+        "a call waits while an operation holds its tenant"
+    );
+    assert_eq!(registry.opens(), opens, "nothing opened the held file");
+    drop(held);
+    waiting
+        .await
+        .expect("the waiting call is answered once the hold is released");
+    assert_eq!(registry.stage(id), Stage::Open);
+
+    // Closing waits for the gate: while a reader of the file holds it
+    // shared, the database that left the cache is still closing.
+    let shared = registry.shared(id).await;
+    registry.evict(id).await;
+    assert_eq!(registry.stage(id), Stage::Closing);
+    drop(shared);
+    drop(registry.exclusive(id).await);
+    assert_eq!(registry.stage(id), Stage::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_evictions_at_a_bound_of_one_are_all_answered() {
+    // Every open evicts another tenant, often one a call has just found:
+    // each call still gets its turn, on the database it found or on one it
+    // opens under the tenant's gate.
+    let server = spawn_with(|config| {
+        config.max_open_tenants = 1;
+        config.tenant_max_concurrent_calls = 100;
+    })
+    .await;
+    let mut tenants = Vec::new();
+    for n in 0..3 {
+        tenants.push(server.tenant(&format!("racer-{n}")).await);
+    }
+    let items = server.items().await;
+    let calls: Vec<_> = (0..300)
+        .map(|n| {
+            let (mut items, tenant) = (items.clone(), tenants[n % 3].clone());
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    items
+                        .create_item(tenant.call(new_item("raced")))
+                        .await
+                        .map(|_| ())
+                } else {
+                    let missing = GetItemRequest {
+                        id: uuid::Uuid::new_v4().to_string(),
+                    };
+                    match items.get_item(tenant.call(missing)).await {
+                        Err(status) if status.code() == Code::NotFound => Ok(()),
+                        other => other.map(|_| ()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every call is answered");
+    }
+    assert!(
+        server.registry.opens() > 3,
+        "the tenants were evicted and opened again"
+    );
+    let mut items = items.clone();
+    for tenant in &tenants {
+        let listed = items
+            .list_items(tenant.call(ListItemsRequest {
+                page_size: 100,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.items.len(), 50, "every acknowledged write is there");
     }
 }
