@@ -2,10 +2,14 @@
 //! with a `protoc` that ships inside a crate, so no system install is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
+    let mut protos = vec![
         std::path::PathBuf::from("proto/tenantry/v1/tenants.proto"),
         std::path::PathBuf::from("proto/tenantry/v1/items.proto"),
     ];
+    // The test-only resource, with the feature that compiles it.
+    if std::env::var_os("CARGO_FEATURE_TEST_RESOURCE").is_some() {
+        protos.push("proto/tenantry/v1/notes.proto".into());
+    }
     let includes = [
         std::path::PathBuf::from("proto"),
         protoc_bin_vendored::include_path()?,

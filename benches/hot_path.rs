@@ -258,6 +258,7 @@ fn point_read(c: &mut Criterion, f: &Fixture) {
             max_open: f.config.max_open_tenants,
             idle: f.config.tenant_idle(),
             max_staging_bytes: f.config.max_staging_mib << 20,
+            schema: registry.schema(),
             pool: PoolSettings {
                 inline_reads: false,
                 ..registry.pool_settings().clone()

@@ -22,7 +22,7 @@ use tenantry::pb::{
     self, BackupTenantRequest, CreateApiKeyRequest, CreateTenantRequest, ExportTenantRequest,
     ImportTenantRequest, ListItemsRequest, MigrateTenantsRequest, RestoreTenantRequest,
 };
-use tenantry::tenant::migrations::{TENANT, latest};
+use tenantry::resources::tenant_schema;
 use tenantry::{Application, Config};
 use tokio::sync::oneshot;
 use tonic::Request;
@@ -103,7 +103,8 @@ fn rate(count: usize, took: Duration) -> String {
 /// A tenant database at schema version 1 holding a few items.
 fn write_v1_template(path: &std::path::Path) {
     let mut conn = rusqlite::Connection::open(path).unwrap();
-    tenantry::storage::schema::migrate(&mut conn, &TENANT[..1], "template").unwrap();
+    tenantry::storage::schema::migrate(&mut conn, &tenant_schema().migrations()[..1], "template")
+        .unwrap();
     for n in 0..10i64 {
         conn.execute(
             "INSERT INTO items (id, title, description, completed, create_time, update_time, revision)
@@ -124,7 +125,7 @@ async fn migrate_all(admin: &mut TenantServiceClient<Channel>) -> (Duration, usi
     let (mut ok, mut failed) = (0, 0);
     while let Some(report) = stream.next().await {
         let report = report.unwrap();
-        if report.ok && report.to_version == latest() {
+        if report.ok && report.to_version == tenant_schema().latest() {
             ok += 1;
         } else {
             failed += 1;
@@ -217,7 +218,7 @@ async fn main() {
     let (took, ok, failed) = migrate_all(&mut tenants).await;
     summary.push(format!(
         "MigrateTenants, {tenant_count} tenants from version 1 to {}: {took:.2?} ({}), {ok} ok, {failed} failed",
-        latest(),
+        tenant_schema().latest(),
         rate(ok, took)
     ));
     let (took, ok, failed) = migrate_all(&mut tenants).await;
@@ -382,13 +383,14 @@ async fn main() {
     let upload = scratch.path().join("upload.db");
     std::fs::write(&upload, &exported).unwrap();
     let started = Instant::now();
-    tenantry::tenant::snapshot::check_and_upgrade(&upload, None).unwrap();
+    tenantry::tenant::snapshot::check_and_upgrade(&upload, tenant_schema(), None).unwrap();
     let checked = started.elapsed();
     let rebuilt = scratch.path().join("rebuilt.db");
     let started = Instant::now();
     {
         let mut conn = rusqlite::Connection::open(&rebuilt).unwrap();
-        tenantry::storage::schema::migrate(&mut conn, TENANT, "a rebuild").unwrap();
+        tenantry::storage::schema::migrate(&mut conn, tenant_schema().migrations(), "a rebuild")
+            .unwrap();
         conn.execute_batch(&format!(
             "ATTACH '{}' AS upload;
              BEGIN;

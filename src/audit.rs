@@ -18,6 +18,88 @@ use crate::catalog::Catalog;
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Result};
 use crate::ids::TenantId;
+use crate::storage::schema::{Migration, Part, Released, Schema};
+
+/// The trail's share of the tenant database: one table of writes.
+pub static TRAIL: Part = Part {
+    name: "audit trail of writes",
+    collection: "audit_events",
+    writes: &[],
+    migrations: &[Released {
+        version: 3,
+        migration: Migration {
+            description: "audit trail of writes",
+            sql: "
+        -- Every write to this tenant's data, in the same transaction as the
+        -- write, so that the trail travels with the tenant's file.
+        CREATE TABLE audit_events (
+            id      INTEGER PRIMARY KEY,
+            time    INTEGER NOT NULL,
+            -- CreateItem, UpdateItem, DeleteItem
+            action  TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            -- 'keys/<api key id>' (or 'admin')
+            actor   TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX audit_events_time ON audit_events (time);
+    ",
+        },
+    }],
+    check_rows: check_trail,
+};
+
+/// Every event in a file from outside must be one tenantry writes: a time
+/// in range, an action some part of the schema records, the canonical id
+/// of what it wrote, and an actor that is the admin or an API key.
+fn check_trail(
+    conn: &Connection,
+    _version: u32,
+    schema: &Schema,
+) -> std::result::Result<(), String> {
+    let bad = |e: rusqlite::Error| format!("its audit trail cannot be read ({e})");
+    let oversized: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_events
+             WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36
+                OR octet_length(actor) > 64",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(bad)?;
+    if oversized > 0 {
+        return Err(format!(
+            "{oversized} of its audit events have fields longer than tenantry writes"
+        ));
+    }
+    let mut statement = conn
+        .prepare("SELECT time, action, item_id, actor FROM audit_events")
+        .map_err(bad)?;
+    let mut rows = statement.query([]).map_err(bad)?;
+    while let Some(row) = rows.next().map_err(bad)? {
+        let event = (|| -> rusqlite::Result<_> {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })()
+        .map_err(bad)?;
+        let (time, action, item, actor) = event;
+        let actor_ok = actor == "admin"
+            || actor
+                .strip_prefix("keys/")
+                .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
+        let valid = crate::clock::is_valid(time)
+            && schema.writer_of(&action).is_some()
+            && crate::ids::parse_canonical_uuid("item_id", &item).is_ok()
+            && actor_ok;
+        if !valid {
+            return Err("its audit trail holds an event tenantry would not have written".into());
+        }
+    }
+    Ok(())
+}
 
 /// Where an event is recorded; also its rank among events of the same time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,9 +298,11 @@ pub fn record_write(tx: &Transaction<'_>, action: &str, item: Uuid, actor: &str)
     Ok(())
 }
 
-/// A tenant's recorded writes, newest first, after `after`.
+/// A tenant's recorded writes, newest first, after `after`. Each names
+/// its target in the collection of the part of `schema` that wrote it.
 pub fn list_writes(
     conn: &Connection,
+    schema: &Schema,
     tenant: TenantId,
     after: Position,
     limit: usize,
@@ -235,8 +319,12 @@ pub fn list_writes(
                     id: row.get(0)?,
                     source: Source::Tenant,
                     time: row.get(1)?,
+                    target: format!(
+                        "{}/{}",
+                        collection_of(schema, &row.get::<_, String>(2)?),
+                        row.get::<_, String>(3)?
+                    ),
                     action: row.get(2)?,
-                    target: format!("items/{}", row.get::<_, String>(3)?),
                     actor: row.get(4)?,
                     tenant_id: Some(tenant),
                     outcome: "OK".into(),
@@ -253,6 +341,14 @@ pub fn merge(admin: Vec<Event>, tenant: Vec<Event>) -> Vec<Event> {
     let mut events: Vec<Event> = admin.into_iter().chain(tenant).collect();
     events.sort_by_key(|event| std::cmp::Reverse(event.position()));
     events
+}
+
+/// The collection a write's target is in: that of the part whose writes
+/// record `action` (a file is checked before it is served, so there is one).
+fn collection_of(schema: &Schema, action: &str) -> &'static str {
+    schema
+        .writer_of(action)
+        .map_or("unknown", |part| part.collection)
 }
 
 /// Text a client sent, as the audit trail and the log name it: at most 64

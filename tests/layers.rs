@@ -32,9 +32,10 @@ const LAYERS: &[(&str, u32)] = &[
     // Credentials and the admin audit trail, over the catalog.
     ("auth", 3),
     ("audit", 3),
-    // A tenant database's schema, and the stores of what it holds.
-    ("tenant::migrations", 4),
-    ("resources::items::store", 4),
+    // Each resource's share of a tenant database's schema, and its store
+    // (`*` is any one module: every resource's folder).
+    ("resources::*::schema", 4),
+    ("resources::*::store", 4),
     // Tenants: the registry of open ones, their lifecycle and operations.
     ("tenant", 5),
     // The gRPC services, the resources' own among them.
@@ -68,7 +69,7 @@ fn back_edges(src: &Path) -> Vec<String> {
             }
             // Not a module of the crate: an item of the file's own module,
             // reached with `super::` from a module inside the file.
-            if !modules.contains(&used[0]) || used.first() == module.first() {
+            if !modules.contains(&used[0]) {
                 continue;
             }
             let Some(to) = layer_of(&used) else {
@@ -162,11 +163,17 @@ fn module_of(relative: &Path) -> Option<Vec<String>> {
 }
 
 fn layer_of(module: &[String]) -> Option<u32> {
-    let path = module.join("::");
     LAYERS
         .iter()
-        .filter(|(prefix, _)| path == *prefix || path.starts_with(&format!("{prefix}::")))
-        .max_by_key(|(prefix, _)| prefix.len())
+        .filter(|(prefix, _)| {
+            let prefix: Vec<&str> = prefix.split("::").collect();
+            prefix.len() <= module.len()
+                && prefix
+                    .iter()
+                    .zip(module)
+                    .all(|(want, have)| *want == "*" || want == have)
+        })
+        .max_by_key(|(prefix, _)| prefix.split("::").count())
         .map(|(_, layer)| *layer)
 }
 
@@ -277,11 +284,34 @@ fn without_comments_and_strings(text: &str) -> String {
 fn paths_used(code: &str, module: &[String]) -> BTreeSet<Vec<String>> {
     let tokens = tokenize(code);
     let mut used = BTreeSet::new();
+    // The module the code at `i` is in: the file's, and the inline
+    // `mod name { … }` blocks around it, each with the brace depth it opened.
+    let mut here = module.to_vec();
+    let mut inline: Vec<usize> = Vec::new();
+    let mut depth = 0;
     let mut i = 0;
     while i < tokens.len() {
+        match tokens[i].as_str() {
+            "mod" if tokens.get(i + 2).is_some_and(|t| t == "{") => {
+                here.push(tokens[i + 1].clone());
+                inline.push(depth);
+                depth += 1;
+                i += 3;
+                continue;
+            }
+            "{" => depth += 1,
+            "}" => {
+                depth -= 1;
+                if inline.last() == Some(&depth) {
+                    inline.pop();
+                    here.pop();
+                }
+            }
+            _ => {}
+        }
         let start = match tokens[i].as_str() {
             "crate" => Some(Vec::new()),
-            "super" => Some(module.to_vec()),
+            "super" => Some(here.clone()),
             _ => None,
         };
         let preceded_by_path = i > 0 && tokens[i - 1] == "::";
@@ -441,6 +471,11 @@ fn a_planted_back_edge_is_found_however_it_is_written() {
             "storage::schema -> layers::limits::Limits",
         ),
         (
+            "resources/items/schema.rs",
+            "use super::service::ItemApi;\n",
+            "resources::items::schema -> resources::items::service",
+        ),
+        (
             "catalog/store.rs",
             "use crate::{error::Error, tenant::{Registry, Lifecycle}};\n",
             "catalog::store -> tenant::Registry",
@@ -454,6 +489,20 @@ fn a_planted_back_edge_is_found_however_it_is_written() {
             "{file} with {code:?}: {edges:?}"
         );
     }
+    // `super` inside an inline module climbs from that module.
+    let copy = planted(
+        "resources/items/schema.rs",
+        "mod inner { use super::super::service::ItemApi; }\n",
+    );
+    assert_eq!(
+        back_edges(copy.path()),
+        ["resources/items/schema.rs: resources::items::schema -> resources::items::service"]
+    );
+    let copy = planted(
+        "resources/items/schema.rs",
+        "mod inner { mod deeper { use super::super::SCHEMA; } }\n",
+    );
+    assert_eq!(back_edges(copy.path()), Vec::<String>::new());
     // Neither comments nor strings are code.
     let copy = planted(
         "storage/disk.rs",

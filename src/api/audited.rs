@@ -370,9 +370,8 @@ impl AuditedItemApi {
         AuditedItemApi { inner, catalog }
     }
 
-    /// Runs an item call; if the administrator made it, records it against
-    /// `tenants/<id>/items[/<item id>]`. `item` names the item the request
-    /// names, if any; `created` the item a successful call answered with.
+    /// Runs an item call; if the administrator made it, records it (see
+    /// [`acting_call`]).
     async fn call<Q, T>(
         &self,
         action: &'static str,
@@ -381,31 +380,48 @@ impl AuditedItemApi {
         created: impl FnOnce(&T) -> Option<String>,
         run: impl AsyncFnOnce(Request<Q>) -> Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        let admin = verified_tenant(&request)
-            .ok()
-            .filter(|tenant| tenant.acting == Acting::Admin);
-        let Some(tenant) = admin else {
-            return run(request).await;
-        };
-        let mut target = format!("tenants/{}/items", tenant.id);
-        if let Some(id) = item(request.get_ref()) {
-            target = format!("{target}/{}", clip(&id));
-        }
-        let result = run(request).await;
-        if let Ok(response) = &result
-            && let Some(id) = created(response.get_ref())
-        {
-            target = format!("{target}/{id}");
-        }
-        let call = AdminCall {
-            action: action.into(),
-            target,
-            outcome: outcome_of(&result),
-            detail: String::new(),
-        };
-        record_admin_call(&self.catalog, call).await;
-        result
+        acting_call(&self.catalog, action, "items", request, item, created, run).await
     }
+}
+
+/// Runs a call to a resource; if the administrator made it, acting for a
+/// tenant, records it against `tenants/<id>/<collection>[/<id>]`, with its
+/// outcome. `named` names the row the request names, if any; `created` the
+/// row a successful call answered with. Calls made with the tenant's own
+/// keys are not recorded here (their writes are in the tenant's own trail).
+pub async fn acting_call<Q, T>(
+    catalog: &Catalog,
+    action: &'static str,
+    collection: &str,
+    request: Request<Q>,
+    named: impl FnOnce(&Q) -> Option<String>,
+    created: impl FnOnce(&T) -> Option<String>,
+    run: impl AsyncFnOnce(Request<Q>) -> Result<Response<T>, Status>,
+) -> Result<Response<T>, Status> {
+    let admin = verified_tenant(&request)
+        .ok()
+        .filter(|tenant| tenant.acting == Acting::Admin);
+    let Some(tenant) = admin else {
+        return run(request).await;
+    };
+    let mut target = format!("tenants/{}/{collection}", tenant.id);
+    if let Some(id) = named(request.get_ref()) {
+        target = format!("{target}/{}", clip(&id));
+    }
+    let result = run(request).await;
+    if let Ok(response) = &result
+        && let Some(id) = created(response.get_ref())
+    {
+        target = format!("{target}/{id}");
+    }
+    let call = AdminCall {
+        action: action.into(),
+        target,
+        outcome: outcome_of(&result),
+        detail: String::new(),
+    };
+    record_admin_call(catalog, call).await;
+    result
 }
 
 fn no_item<Q>(_: &Q) -> Option<String> {

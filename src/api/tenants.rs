@@ -499,12 +499,13 @@ impl TenantService for TenantApi {
             })
             .await?;
         // A tenant's own trail is in its file, while it has one.
+        let schema = self.lifecycle.registry().schema();
         let writes = match (tenant, state) {
             (Some(id), Some(state)) if state.is_visible() => {
                 self.lifecycle
                     .registry()
                     .read_aside(id, move |conn| {
-                        audit::list_writes(conn, id, after, page_size + 1)
+                        audit::list_writes(conn, schema, id, after, page_size + 1)
                     })
                     .await?
             }

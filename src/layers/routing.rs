@@ -51,7 +51,7 @@ impl Policy {
         ];
         if OPEN.iter().any(|prefix| path.starts_with(prefix)) {
             Policy::Open
-        } else if path.starts_with("/tenantry.v1.ItemService/") {
+        } else if crate::resources::is_resource_method(path) {
             Policy::Tenant
         } else {
             Policy::Admin

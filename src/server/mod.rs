@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::api::audited::{AuditedItemApi, AuditedTenantApi};
+use crate::api::audited::AuditedTenantApi;
 use crate::api::tenants::{AdminSettings, TenantApi};
 use crate::auth::{self, Authenticator};
 use crate::catalog::Catalog;
@@ -22,10 +22,8 @@ use crate::error::{Context, Error, Result};
 use crate::layers::calls::CallLogLayer;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::routing::AdmissionLayer;
-use crate::pb::{
-    self, item_service_server::ItemServiceServer, tenant_service_server::TenantServiceServer,
-};
-use crate::resources::items::service::ItemApi;
+use crate::pb::{self, tenant_service_server::TenantServiceServer};
+use crate::resources::{RESOURCES, Serving};
 use crate::storage::data_dir::DataDir;
 use crate::storage::disk::Disk;
 use crate::storage::sqlite::{PoolSettings, run_blocking};
@@ -85,7 +83,8 @@ impl OpenData {
         };
         let disk = Arc::new(Disk::new(data_dir.root(), config.disk_reserve_mib << 20));
         let catalog = Catalog::open(&data_dir, &catalog_pool, disk)?;
-        crate::tenant::recover(&catalog, &data_dir)?;
+        let schema = crate::resources::tenant_schema();
+        crate::tenant::recover(&catalog, &data_dir, schema)?;
         let registry = Registry::new(
             catalog.clone(),
             data_dir.clone(),
@@ -93,6 +92,7 @@ impl OpenData {
                 max_open: config.max_open_tenants,
                 idle: config.tenant_idle(),
                 max_staging_bytes: config.max_staging_mib << 20,
+                schema,
                 pool: PoolSettings {
                     max_bytes: config.tenant_quota_bytes(),
                     inline_reads: config.inline_reads,
@@ -208,9 +208,11 @@ impl Application {
         let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
         let operations = lifecycle.operations().clone();
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<ItemServiceServer<AuditedItemApi>>()
-            .await;
+        for resource in RESOURCES {
+            health
+                .set_service_status(resource.service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         health
             .set_serving::<TenantServiceServer<AuditedTenantApi>>()
             .await;
@@ -237,15 +239,21 @@ impl Application {
             tracing::info!("shutting down: no new connections; waiting for calls in flight");
             // Watchers of the health service (load balancers, orchestrators)
             // hear that this instance is going away before it does.
-            health
-                .set_not_serving::<ItemServiceServer<AuditedItemApi>>()
-                .await;
+            for resource in RESOURCES {
+                health
+                    .set_service_status(resource.service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             health
                 .set_not_serving::<TenantServiceServer<AuditedTenantApi>>()
                 .await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+        };
+        let serving = Serving {
+            registry: registry.clone(),
+            max_message_bytes: config.max_message_bytes,
         };
         let routes = Routes::new(health_service)
             .add_service(reflection_v1)
@@ -256,14 +264,12 @@ impl Application {
                     registry.catalog().clone(),
                 ))
                 .max_decoding_message_size(config.max_message_bytes),
-            )
-            .add_service(
-                ItemServiceServer::new(AuditedItemApi::new(
-                    ItemApi::new(registry.clone()),
-                    registry.catalog().clone(),
-                ))
-                .max_decoding_message_size(config.max_message_bytes),
-            )
+            );
+        let routes = RESOURCES
+            .iter()
+            .fold(routes, |routes, resource| {
+                (resource.serve)(routes, &serving)
+            })
             .prepare();
         let service = tower::ServiceBuilder::new()
             .layer(CallLogLayer::new(

@@ -11,9 +11,105 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::{Context, Error, Result};
 
+#[derive(Clone, Copy, Debug)]
 pub struct Migration {
     pub description: &'static str,
     pub sql: &'static str,
+}
+
+/// A migration with the schema version it brings a database to.
+pub struct Released {
+    pub version: u32,
+    pub migration: Migration,
+}
+
+/// One owner's share of the tenant database's schema: a resource's tables,
+/// or the audit trail's. It lists its migrations with the versions they were
+/// released as, so that parts added at different times keep the one
+/// append-only order every tenant file went through.
+pub struct Part {
+    pub name: &'static str,
+    pub migrations: &'static [Released],
+    /// The collection its rows are in, as targets name it (`items`).
+    pub collection: &'static str,
+    /// The actions its writes record in the tenant's audit trail.
+    pub writes: &'static [&'static str],
+    /// Checks that every row it holds in a file from outside, at `version`
+    /// (at least the version of its first migration), is one the API could
+    /// have written; reads sizes before values, so that nothing oversized is
+    /// loaded. `Err` says what is wrong, to be told to whoever sent the
+    /// file ("item ... is not one the API could have stored").
+    pub check_rows: fn(&Connection, u32, &Schema) -> std::result::Result<(), String>,
+}
+
+/// The tenant database's schema: its parts, and their migrations in
+/// version order.
+pub struct Schema {
+    parts: Vec<&'static Part>,
+    migrations: Vec<Migration>,
+}
+
+impl Schema {
+    /// Puts the parts' migrations in version order. Every version from 1 to
+    /// the newest must be released by exactly one part: anything else is a
+    /// mistake in the code, refused here before any file is touched.
+    pub fn assemble(parts: impl IntoIterator<Item = &'static Part>) -> Self {
+        let parts: Vec<&'static Part> = parts.into_iter().collect();
+        let mut released: Vec<(u32, &str, Migration)> = parts
+            .iter()
+            .flat_map(|part| {
+                part.migrations
+                    .iter()
+                    .map(|r| (r.version, part.name, r.migration))
+            })
+            .collect();
+        released.sort_by_key(|(version, _, _)| *version);
+        for (index, (version, part, _)) in released.iter().enumerate() {
+            assert_eq!(
+                *version,
+                index as u32 + 1,
+                "the tenant schema's versions must run 1, 2, 3, ... each released once; \
+                 {part} releases version {version} where version {} belongs",
+                index + 1
+            );
+        }
+        Schema {
+            parts,
+            migrations: released.into_iter().map(|(_, _, m)| m).collect(),
+        }
+    }
+
+    /// Every migration, version 1 first.
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
+    /// The schema version this binary creates and serves.
+    pub fn latest(&self) -> u32 {
+        self.migrations.len() as u32
+    }
+
+    /// The part whose writes record `action`.
+    pub fn writer_of(&self, action: &str) -> Option<&'static Part> {
+        self.parts
+            .iter()
+            .copied()
+            .find(|part| part.writes.contains(&action))
+    }
+
+    /// Checks the rows of every part a file at `version` has.
+    pub fn check_rows(&self, conn: &Connection, version: u32) -> std::result::Result<(), String> {
+        for part in &self.parts {
+            if part
+                .migrations
+                .first()
+                .is_some_and(|m| m.version <= version)
+            {
+                (part.check_rows)(conn, version, self)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What [`migrate`] did: the version found and the version left.
@@ -60,6 +156,54 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration], what: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_rows(_: &Connection, _: u32, _: &Schema) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    const fn part(name: &'static str, migrations: &'static [Released]) -> Part {
+        Part {
+            name,
+            migrations,
+            collection: name,
+            writes: &[],
+            check_rows: no_rows,
+        }
+    }
+
+    const fn released(version: u32, description: &'static str) -> Released {
+        Released {
+            version,
+            migration: Migration {
+                description,
+                sql: "",
+            },
+        }
+    }
+
+    static ONE_AND_THREE: Part = part("a", &[released(1, "a1"), released(3, "a3")]);
+    static SECOND: Part = part("b", &[released(2, "b2")]);
+    static ALSO_TWO: Part = part("c", &[released(2, "c2")]);
+
+    #[test]
+    fn parts_added_at_different_times_keep_one_version_order() {
+        let schema = Schema::assemble([&ONE_AND_THREE, &SECOND]);
+        let order: Vec<_> = schema.migrations().iter().map(|m| m.description).collect();
+        assert_eq!(order, ["a1", "b2", "a3"]);
+        assert_eq!(schema.latest(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "c releases version 2 where version 3 belongs")]
+    fn a_version_released_twice_is_refused() {
+        Schema::assemble([&ONE_AND_THREE, &SECOND, &ALSO_TWO]);
+    }
+
+    #[test]
+    #[should_panic(expected = "where version 2 belongs")]
+    fn a_gap_in_the_versions_is_refused() {
+        Schema::assemble([&ONE_AND_THREE]);
+    }
 
     const TWO: &[Migration] = &[
         Migration {

@@ -27,11 +27,10 @@ use crate::fault;
 use crate::ids::{TenantId, TenantName};
 use crate::metrics::KindLabels;
 use crate::storage::data_dir::{self, DataDir};
-use crate::storage::schema;
+use crate::storage::schema::{self, Schema};
 use crate::storage::sqlite::{Database, run_blocking};
 use crate::storage::staging::StagedFile;
 use crate::tenant::Registry;
-use crate::tenant::migrations::{self, TENANT};
 use crate::tenant::operations::{self, Call, Done, Operations, Outcome, Restored};
 use crate::tenant::snapshot::{self, FileSummary};
 
@@ -199,7 +198,7 @@ impl Lifecycle {
         }
         fault::reached("create.after-file").await;
         tenant.state = TenantState::Active;
-        tenant.schema_version = migrations::latest();
+        tenant.schema_version = self.registry.schema().latest();
         let row = tenant.clone();
         let target = match source {
             None => String::new(),
@@ -225,9 +224,10 @@ impl Lifecycle {
     async fn create_empty_file(&self, tenant: TenantId) -> Result<()> {
         let path = self.data_dir().tenant_file(tenant);
         let pool = self.registry.pool_settings().clone();
+        let migrations = self.registry.schema().migrations();
         run_blocking(move || {
             Database::create(&path, &pool, |conn| {
-                schema::migrate(conn, TENANT, &format!("tenant {tenant}")).map(|_| ())
+                schema::migrate(conn, migrations, &format!("tenant {tenant}")).map(|_| ())
             })
         })
         .await
@@ -240,11 +240,12 @@ impl Lifecycle {
         let from = self.data_dir().tenant_file(source);
         let staging = self.registry.staging().clone();
         let to = self.data_dir().tenant_file(tenant);
+        let migrations = self.registry.schema().migrations();
         run_blocking(move || {
             let (staged, _) = snapshot::take(&from, &staging, "clone")?;
             let mut conn = rusqlite::Connection::open(staged.path())
                 .context(|| format!("opening {}", staged.path().display()))?;
-            schema::migrate(&mut conn, TENANT, &format!("tenant {tenant}"))?;
+            schema::migrate(&mut conn, migrations, &format!("tenant {tenant}"))?;
             drop(conn);
             snapshot::seal(staged.path())?;
             std::fs::rename(staged.path(), &to)
@@ -546,8 +547,9 @@ impl Lifecycle {
             size_bytes,
             sha256,
         } = source;
+        let schema = self.registry.schema();
         let (staged, migrated) = run_blocking(move || {
-            let migrated = snapshot::check_and_upgrade(staged.path(), deadline.as_deref())?;
+            let migrated = snapshot::check_and_upgrade(staged.path(), schema, deadline.as_deref())?;
             Ok((staged, migrated))
         })
         .await?;
@@ -1015,7 +1017,7 @@ fn roll_back_creation(
 /// at most, that the outcome was unknown), creations are rolled back (no
 /// client ever saw the tenant), and the staging folder is emptied. Each
 /// ends as an operation, with its audit event. Blocking.
-pub fn recover(catalog: &Catalog, data_dir: &DataDir) -> Result<()> {
+pub fn recover(catalog: &Catalog, data_dir: &DataDir, schema: &Schema) -> Result<()> {
     const DETAIL: &str = "finished at start-up: the server stopped while it ran";
     for op in catalog.read_now(crate::catalog::operations::running)? {
         tracing::warn!(tenant = %op.tenant_id, operation = %op.id, action = op.action, "finishing an operation interrupted by a stop");
@@ -1046,7 +1048,7 @@ pub fn recover(catalog: &Catalog, data_dir: &DataDir) -> Result<()> {
                 let restored = Restored {
                     tenant_id: op.tenant_id,
                     from_version: 0,
-                    to_version: migrations::latest(),
+                    to_version: schema.latest(),
                     size_bytes: size,
                     sha256,
                 };

@@ -17,7 +17,6 @@ use crate::ids::TenantId;
 use crate::storage::schema;
 use crate::storage::sqlite::{self, run_blocking};
 use crate::tenant::Registry;
-use crate::tenant::migrations::{TENANT, latest};
 
 /// The outcome of migrating one tenant.
 #[derive(Debug)]
@@ -40,8 +39,9 @@ impl Registry {
         reports: mpsc::Sender<MigrationReport>,
     ) -> Result<()> {
         let catalog = self.catalog().clone();
+        let latest = self.schema().latest();
         let pending = catalog
-            .read(|conn| store::tenants_to_migrate(conn, latest()))
+            .read(move |conn| store::tenants_to_migrate(conn, latest))
             .await?;
         tracing::info!(tenants = pending.len(), workers, "migrating tenants");
         let mut running = futures::stream::iter(pending)
@@ -67,6 +67,7 @@ impl Registry {
         let path = self.data_dir().tenant_file(tenant);
         let catalog = self.catalog().clone();
         let busy_timeout = self.pool_settings().busy_timeout;
+        let migrations = self.schema().migrations();
         let outcome = run_blocking(move || {
             let state = catalog
                 .read_now(|conn| store::get_tenant(conn, tenant))?
@@ -86,7 +87,7 @@ impl Registry {
                 .and_then(|()| conn.busy_timeout(busy_timeout))
                 .context(|| format!("opening {}", path.display()))?;
             let migrated = sqlite::set_wal(&conn)
-                .and_then(|()| schema::migrate(&mut conn, TENANT, &format!("tenant {tenant}")));
+                .and_then(|()| schema::migrate(&mut conn, migrations, &format!("tenant {tenant}")));
             drop(conn);
             match migrated {
                 Ok(migrated) => {

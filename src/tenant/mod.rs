@@ -3,7 +3,6 @@
 
 pub mod lifecycle;
 pub mod migrate;
-pub mod migrations;
 pub mod operations;
 mod registry;
 pub mod snapshot;

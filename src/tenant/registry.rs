@@ -47,10 +47,9 @@ use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::storage::data_dir::DataDir;
-use crate::storage::schema::{self, Migrated};
+use crate::storage::schema::{self, Migrated, Schema};
 use crate::storage::sqlite::{self, Database, PoolSettings, Turn, run_blocking};
 use crate::storage::staging::Staging;
-use crate::tenant::migrations::TENANT;
 use crate::weak_map::WeakMap;
 
 #[derive(Clone)]
@@ -60,6 +59,8 @@ pub struct RegistrySettings {
     pub pool: PoolSettings,
     /// Most bytes of snapshots and uploads in the staging folder at once.
     pub max_staging_bytes: u64,
+    /// The tenant database's schema.
+    pub schema: &'static Schema,
 }
 
 /// A cheap, clone-able handle on the open tenants.
@@ -75,6 +76,7 @@ struct Inner {
     data_dir: DataDir,
     staging: Arc<Staging>,
     pool: PoolSettings,
+    schema: &'static Schema,
     opens: AtomicU64,
     aside_reads: AtomicU64,
     /// The last item call of each tenant called since the last flush to the
@@ -206,6 +208,7 @@ impl Registry {
                 staging,
                 data_dir,
                 pool: settings.pool,
+                schema: settings.schema,
                 opens: AtomicU64::new(0),
                 aside_reads: AtomicU64::new(0),
                 accesses: Default::default(),
@@ -231,6 +234,11 @@ impl Registry {
     /// The staging folder's budget, for snapshots and uploads being made.
     pub fn staging(&self) -> &Arc<Staging> {
         &self.inner.staging
+    }
+
+    /// The tenant database's schema.
+    pub fn schema(&self) -> &'static Schema {
+        self.inner.schema
     }
 
     pub fn pool_settings(&self) -> &PoolSettings {
@@ -346,10 +354,11 @@ impl Registry {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
+        let schema = self.inner.schema;
         let started = std::time::Instant::now();
         let opened = run_blocking(move || {
             let opened = check_file(tenant, &path)
-                .and_then(|()| Database::open(&path, &pool, |conn| prepare(conn, tenant)));
+                .and_then(|()| Database::open(&path, &pool, |conn| prepare(conn, schema, tenant)));
             match opened {
                 Ok((database, migrated)) => {
                     record_version(&catalog, tenant, migrated)?;
@@ -409,13 +418,14 @@ impl Registry {
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
+        let schema = self.inner.schema;
         let deadline = crate::deadline::current();
         self.inner.aside_reads.fetch_add(1, Ordering::Relaxed);
         let result = run_blocking(move || {
             crate::deadline::check(deadline.as_deref())?;
             let opened = check_file(tenant, &path).and_then(|()| {
                 let mut conn = sqlite::open_connection(&path, &pool)?;
-                let migrated = prepare(&mut conn, tenant)?;
+                let migrated = prepare(&mut conn, schema, tenant)?;
                 Ok((conn, migrated))
             });
             let conn = match opened {
@@ -695,9 +705,9 @@ fn check_file(tenant: TenantId, path: &Path) -> Result<()> {
 
 /// What every open of a tenant file does first: WAL mode, and the pending
 /// migrations.
-fn prepare(conn: &mut Connection, tenant: TenantId) -> Result<Migrated> {
+fn prepare(conn: &mut Connection, schema: &Schema, tenant: TenantId) -> Result<Migrated> {
     sqlite::set_wal(conn)?;
-    schema::migrate(conn, TENANT, &format!("tenant {tenant}"))
+    schema::migrate(conn, schema.migrations(), &format!("tenant {tenant}"))
 }
 
 /// Records in the catalog a schema version an open brought the file to.

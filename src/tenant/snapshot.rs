@@ -17,10 +17,9 @@ use sha2::{Digest, Sha256};
 
 use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
-use crate::storage::schema::{self, Migrated};
+use crate::storage::schema::{self, Migrated, Schema};
 use crate::storage::sqlite::EXISTING;
 use crate::storage::staging::{StagedFile, Staging};
-use crate::tenant::migrations::{TENANT, latest};
 
 /// What a finished snapshot file is.
 #[derive(Clone, Debug)]
@@ -158,7 +157,11 @@ const MAX_SCHEMA_SQL_BYTES: i32 = 16 * 1024;
 /// rows that the API could have written. Statements stop at `deadline`.
 /// Anything wrong with the file is INVALID_ARGUMENT, except a schema newer
 /// than this server's, which is FAILED_PRECONDITION. Blocking.
-pub fn check_and_upgrade(path: &Path, deadline: Option<&Deadline>) -> Result<Migrated> {
+pub fn check_and_upgrade(
+    path: &Path,
+    schema: &Schema,
+    deadline: Option<&Deadline>,
+) -> Result<Migrated> {
     check_header(path)?;
     let mut conn = Connection::open_with_flags(path, EXISTING)
         .map_err(|e| not_valid(&format!("it does not open as a SQLite database ({e})")))?;
@@ -168,9 +171,9 @@ pub fn check_and_upgrade(path: &Path, deadline: Option<&Deadline>) -> Result<Mig
         .context(|| "configuring a snapshot check".into())?;
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 1 << 20)
         .context(|| "configuring a snapshot check".into())?;
-    let version = crate::storage::sqlite::bounded(deadline, || check_contents(&conn))?;
+    let version = crate::storage::sqlite::bounded(deadline, || check_contents(&conn, schema))?;
     crate::deadline::check(deadline)?;
-    let migrated = schema::migrate(&mut conn, TENANT, "the snapshot")?;
+    let migrated = schema::migrate(&mut conn, schema.migrations(), "the snapshot")?;
     if migrated.from != version {
         return Err(not_valid("its schema version changed while it was checked"));
     }
@@ -207,22 +210,22 @@ fn check_header(path: &Path) -> Result<()> {
 }
 
 /// The checks that read through SQLite; the file's schema version.
-fn check_contents(conn: &Connection) -> Result<u32> {
+fn check_contents(conn: &Connection, schema: &Schema) -> Result<u32> {
     let version = schema::version(conn)
         .map_err(|e| not_valid(&format!("its schema cannot be read ({e})")))?;
     if version == 0 {
         return Err(not_valid("it has no tenantry schema (schema version 0)"));
     }
-    if version > latest() {
+    let latest = schema.latest();
+    if version > latest {
         return Err(Error::FailedPrecondition(format!(
-            "the snapshot has schema version {version}, newer than this server's {}: \
-             upgrade tenantry before restoring it",
-            latest()
+            "the snapshot has schema version {version}, newer than this server's {latest}: \
+             upgrade tenantry before restoring it"
         )));
     }
     // The schema first: the integrity check evaluates the file's
     // constraints, which must be tenantry's own before anything runs them.
-    let expected = reference_schema(version)?;
+    let expected = reference_schema(schema, version)?;
     let found =
         schema_of(conn).map_err(|e| not_valid(&format!("its schema cannot be read ({e})")))?;
     if found != expected {
@@ -245,119 +248,10 @@ fn check_contents(conn: &Connection) -> Result<u32> {
             problems.join("; ")
         )));
     }
-    check_rows(conn, version)?;
+    schema
+        .check_rows(conn, version)
+        .map_err(|why| not_valid(&why))?;
     Ok(version)
-}
-
-/// Every row must be one the API could have written: ids that are
-/// canonical UUIDs, titles and descriptions within the API's limits, flags,
-/// revisions and times in range, audit events naming real actions and
-/// actors. Sizes are bounded first, so that no oversized value is ever
-/// loaded.
-fn check_rows(conn: &Connection, version: u32) -> Result<()> {
-    let bad =
-        |what: &str, e: rusqlite::Error| not_valid(&format!("its {what} cannot be read ({e})"));
-    let oversized: i64 = conn
-        .query_row(
-            &format!(
-                "SELECT count(*) FROM items WHERE octet_length(id) <> 36
-                 OR octet_length(title) > {} OR octet_length(description) > {}",
-                crate::resources::items::store::MAX_TITLE_CHARS * 4,
-                crate::resources::items::store::MAX_DESCRIPTION_CHARS * 4
-            ),
-            [],
-            |row| row.get(0),
-        )
-        .map_err(|e| bad("items", e))?;
-    if oversized > 0 {
-        return Err(not_valid(&format!(
-            "{oversized} of its items have fields longer than the API allows"
-        )));
-    }
-    let due = if version >= 2 { "due_time" } else { "NULL" };
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT id, title, description, completed, create_time, update_time, revision, {due}
-             FROM items"
-        ))
-        .map_err(|e| bad("items", e))?;
-    let mut rows = statement.query([]).map_err(|e| bad("items", e))?;
-    while let Some(row) = rows.next().map_err(|e| bad("items", e))? {
-        let item = (|| -> rusqlite::Result<_> {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                [row.get::<_, i64>(4)?, row.get::<_, i64>(5)?],
-                row.get::<_, i64>(6)?,
-                row.get::<_, Option<i64>>(7)?,
-            ))
-        })()
-        .map_err(|e| bad("items", e))?;
-        let (id, title, description, completed, times, revision, due_time) = item;
-        let valid = crate::ids::parse_canonical_uuid("id", &id).is_ok()
-            && crate::resources::items::store::check_title("title", &title).is_ok()
-            && crate::resources::items::store::check_description("description", &description)
-                .is_ok()
-            && (0..=1).contains(&completed)
-            && times.iter().all(|t| crate::clock::is_valid(*t))
-            && (1..=crate::resources::items::store::MAX_REVISION).contains(&revision)
-            && due_time.is_none_or(crate::clock::is_valid);
-        if !valid {
-            return Err(not_valid(&format!(
-                "item {} is not one the API could have stored",
-                crate::audit::clip(&id)
-            )));
-        }
-    }
-    if version < 3 {
-        return Ok(());
-    }
-    let oversized: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM audit_events
-             WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36
-                OR octet_length(actor) > 64",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(|e| bad("audit trail", e))?;
-    if oversized > 0 {
-        return Err(not_valid(&format!(
-            "{oversized} of its audit events have fields longer than tenantry writes"
-        )));
-    }
-    let mut statement = conn
-        .prepare("SELECT time, action, item_id, actor FROM audit_events")
-        .map_err(|e| bad("audit trail", e))?;
-    let mut rows = statement.query([]).map_err(|e| bad("audit trail", e))?;
-    while let Some(row) = rows.next().map_err(|e| bad("audit trail", e))? {
-        let event = (|| -> rusqlite::Result<_> {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            ))
-        })()
-        .map_err(|e| bad("audit trail", e))?;
-        let (time, action, item, actor) = event;
-        let actor_ok = actor == "admin"
-            || actor
-                .strip_prefix("keys/")
-                .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
-        let valid = crate::clock::is_valid(time)
-            && ["CreateItem", "UpdateItem", "DeleteItem"].contains(&action.as_str())
-            && crate::ids::parse_canonical_uuid("item_id", &item).is_ok()
-            && actor_ok;
-        if !valid {
-            return Err(not_valid(
-                "its audit trail holds an event tenantry would not have written",
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn not_valid(why: &str) -> Error {
@@ -379,12 +273,12 @@ fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<[Option<String>; 4]>> {
 }
 
 /// The schema a database made by this binary has at `version`.
-fn reference_schema(version: u32) -> Result<Vec<[Option<String>; 4]>> {
+fn reference_schema(schema: &Schema, version: u32) -> Result<Vec<[Option<String>; 4]>> {
     let mut conn =
         Connection::open_in_memory().context(|| "opening a reference database".into())?;
     schema::migrate(
         &mut conn,
-        &TENANT[..version as usize],
+        &schema.migrations()[..version as usize],
         "the reference schema",
     )?;
     schema_of(&conn).context(|| "reading the reference schema".into())

@@ -9,7 +9,6 @@ use tenantry::pb::{
     self, BackupTenantRequest, ExportTenantRequest, ImportTenantRequest, RestoreTenantRequest,
     restore_tenant_request::Source,
 };
-use tenantry::tenant::migrations::latest;
 use tonic::Code;
 
 use crate::common::{
@@ -17,6 +16,11 @@ use crate::common::{
     spawn, titles_in_file,
 };
 use crate::migrations::write_v1_tenant;
+
+/// The schema version this server creates and serves.
+fn latest() -> u32 {
+    tenantry::resources::tenant_schema().latest()
+}
 
 async fn create_items(server: &TestServer, tenant: &TestTenant, prefix: &str, count: usize) {
     let mut items = server.items().await;

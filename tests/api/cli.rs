@@ -10,13 +10,17 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tenantry::pb;
-use tenantry::tenant::migrations::latest;
 use tonic::Code;
 
 use crate::common::{
     ADMIN_TOKEN, TestServer, all_titles, as_admin, expect_code, new_item, spawn, spawn_in,
 };
 use crate::migrations::{record_version, write_v1_tenant};
+
+/// The schema version this server creates and serves.
+fn latest() -> u32 {
+    tenantry::resources::tenant_schema().latest()
+}
 
 /// What one run of the binary did.
 struct Ran {

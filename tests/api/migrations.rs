@@ -9,12 +9,16 @@ use futures::StreamExt;
 use prost_types::FieldMask;
 use tempfile::TempDir;
 use tenantry::pb::{self, ListItemsRequest, MigrateTenantsRequest, UpdateItemRequest};
-use tenantry::tenant::migrations::{TENANT, latest};
 use tonic::Code;
 
 use crate::common::{
     TestServer, TestTenant, all_titles, as_admin, expect_code, spawn, spawn_in, spawn_with,
 };
+
+/// The schema version this server creates and serves.
+fn latest() -> u32 {
+    tenantry::resources::tenant_schema().latest()
+}
 
 /// Writes a tenant database at schema version 1 (items without due times)
 /// holding `titles`, in place of whatever is at `path`.
@@ -25,7 +29,12 @@ pub fn write_v1_tenant(path: &Path, titles: &[&str]) {
         std::fs::remove_file(&name).ok();
     }
     let mut conn = rusqlite::Connection::open(path).unwrap();
-    tenantry::storage::schema::migrate(&mut conn, &TENANT[..1], "v1").unwrap();
+    tenantry::storage::schema::migrate(
+        &mut conn,
+        &tenantry::resources::tenant_schema().migrations()[..1],
+        "v1",
+    )
+    .unwrap();
     for (n, title) in titles.iter().enumerate() {
         conn.execute(
             "INSERT INTO items (id, title, description, completed, create_time, update_time, revision)

@@ -92,7 +92,10 @@ async fn usage_matches_what_is_on_disk_and_reading_it_opens_nothing() {
     let open = usage(&server, &acme.id).await;
     assert!(open.open);
     assert_eq!(open.item_count, 3);
-    assert_eq!(open.schema_version, tenantry::tenant::migrations::latest());
+    assert_eq!(
+        open.schema_version,
+        tenantry::resources::tenant_schema().latest()
+    );
     assert_eq!(open.database_bytes, size_of(&file));
     assert_eq!(open.wal_bytes, size_of(&wal_of(&file)));
     assert!(open.wal_bytes > 0, "writes went to the log");

@@ -311,11 +311,14 @@ fn not_found(id: Uuid) -> Error {
 mod tests {
     use super::*;
     use crate::storage::schema;
-    use crate::tenant::migrations::TENANT;
 
     fn tenant_db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        schema::migrate(&mut conn, TENANT, "test").unwrap();
+        let tenant = schema::Schema::assemble([
+            &crate::resources::items::schema::SCHEMA,
+            &crate::audit::TRAIL,
+        ]);
+        schema::migrate(&mut conn, tenant.migrations(), "test").unwrap();
         conn
     }
 
