@@ -2,8 +2,9 @@
 //! use modules of its own layer or of a lower one, never a higher one. The
 //! layers are listed here, lowest first; every module of `src/` must be in
 //! the list (a new module needs a decision), and every path in the code is
-//! checked: `use crate::…`, `use super::…`, groups in braces, and paths
-//! written inline. Comments and string literals are not code.
+//! checked: `use crate::…`, `use super::…` (from the inline `mod` it is
+//! written in, if any), groups in braces, and paths written inline.
+//! Comments and string literals are not code.
 //!
 //! The binary's own modules (`main.rs`, `cli/`, `bench/`) use the library
 //! only through its public API, so they are not checked here.

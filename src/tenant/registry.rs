@@ -110,20 +110,27 @@ const MIGRATED_OK: OutcomeLabels = OutcomeLabels { outcome: "ok" };
 /// - **Open**: the database is in the cache and serves calls; a call that
 ///   finds it there takes a turn on it without touching the gate (the hot
 ///   path).
-/// - **Closing**: the database left the cache. Whatever closes it holds the
-///   tenant's gate exclusively while it waits for the calls already running
-///   on it and closes its connections (which checkpoints the file); calls
-///   that come later are refused a turn.
+/// - **Closing**: the database left the cache. Its closer first passes the
+///   tenant's door (see below), then waits for the calls already running on
+///   it and closes its connections (which checkpoints the file); calls that
+///   come later are refused a turn.
 /// - **Held**: an operation that moves or replaces the file holds the gate
 ///   exclusively ([`Registry::exclusive`]); nothing opens the tenant or
 ///   reads its file until the hold is released.
 ///
 /// A call that finds its database closing after it looked it up (the one
-/// case where a turn is refused) takes the gate shared, which waits for the
-/// closing or the operation to finish, and finds or opens the tenant again
-/// under it. While a call holds the gate shared, nothing can close the
-/// database it finds, so the second look always gets a turn: a call looks
-/// at most twice, and never waits for anything but the stage before it.
+/// case where a turn is refused), or does not find it, takes the gate
+/// shared (waiting for an operation that holds the file) and then the
+/// tenant's *door* shared, and finds or opens the tenant again through it,
+/// taking its turn before it lets go of the door. A closer passes the door
+/// (takes it exclusively, and lets go at once) before it starts closing, so
+/// every call that found the database through the door has its turn by
+/// then, and the closer waits for it; a call that comes later cannot find
+/// that database any more, since it left the cache before its closer ran.
+/// So the second look always gets a turn: a call looks at most twice. The
+/// door is held only while a database is found or opened and a turn taken,
+/// never while a file is read, so a closer waits for nothing long, and
+/// neither does a call behind it.
 ///
 /// The stages can overlap for a moment (a database still closing while a
 /// new one of the same tenant opens); [`Registry::stage`] reports the one a
@@ -184,15 +191,15 @@ impl Registry {
                     // which checkpoints the file and removes its -wal and
                     // -shm. Until then it is listed as closing, so that an
                     // operation that moves the file waits for it.
-                    // It is closed under the tenant's gate, held exclusively:
-                    // a call holding the gate shared (one that opened the
+                    // The closer passes the tenant's door first: a call that
+                    // found the database through it (one that opened the
                     // tenant, or looks for it a second time) gets its turn
                     // before the database closes. See [`Stage`].
                     let slot = closing_slots.get_or_make(*tenant, Slot::default);
                     slot.closing().push(database.clone());
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                         runtime.spawn(async move {
-                            let _gate = slot.gate.clone().write_owned().await;
+                            drop(slot.door.write().await);
                             database.retire().await;
                             slot.closing().retain(|d| !Arc::ptr_eq(d, &database));
                         });
@@ -276,8 +283,8 @@ impl Registry {
 
     /// The open database of an active tenant, opened on first use, and a
     /// turn on it. A database found open takes one cache lookup; one found
-    /// closing, or not found, is looked for again under the tenant's gate,
-    /// which no closing can pass (see [`Stage`]).
+    /// closing, or not found, is looked for again through the tenant's door,
+    /// which no closer passes before the turn is taken (see [`Stage`]).
     async fn turn<K: Turn>(&self, tenant: TenantId) -> Result<(Arc<Database>, K)> {
         match self.inner.open.get(&tenant).await {
             Some(database) => {
@@ -291,12 +298,15 @@ impl Registry {
             }
         }
         // Open → Closing happened after the lookup, or the tenant is
-        // Closed: wait for whatever holds the gate, then find or open it.
+        // Closed: wait for an operation holding the file, then find or open
+        // the tenant through the door.
         let shared = self.shared(tenant).await;
+        let door = shared.slot.door.read().await;
         let database = self.open_under(tenant, &shared).await?;
         let turn = K::take(&database)
             .await
             .map_err(|_| closed_under_gate(tenant))?;
+        drop(door);
         Ok((database, turn))
     }
 
@@ -407,8 +417,9 @@ impl Registry {
             return self.checked(tenant, result).await;
         }
         let _shared = self.shared(tenant).await;
-        // Under the gate, a database of the tenant that is open stays open
-        // for this read; one that was closing is closed.
+        // A database opened meanwhile serves the read; if it is closing
+        // already, the read opens a connection of its own, as for a closed
+        // tenant (the gate keeps the file in place either way).
         if let Some(database) = self.inner.open.get(&tenant).await
             && let Ok(turn) = database.read_turn().await
         {
@@ -522,11 +533,17 @@ impl Registry {
         let slot = self.slot(tenant);
         let gate = slot.gate.clone().write_owned().await;
         slot.held.store(true, Ordering::Relaxed);
+        // Made now, so that a hold given up while it waits (its caller went
+        // away) is released, and the tenant no longer reported held.
+        let held = Exclusive {
+            _gate: gate,
+            slot: slot.clone(),
+        };
         if let Some(database) = self.inner.open.remove(&tenant).await {
             database.retire().await;
         }
         slot.closed().await;
-        Exclusive { _gate: gate, slot }
+        held
     }
 
     /// A call's result, with a storage failure of the tenant's file turned
@@ -605,8 +622,11 @@ impl Registry {
         self.inner.open.contains_key(&tenant)
     }
 
-    /// The stage a new call for the tenant meets now (see [`Stage`]).
-    pub fn stage(&self, tenant: TenantId) -> Stage {
+    /// The stage a new call for the tenant meets now (see [`Stage`]). The
+    /// cache's pending work is done first, so that a tenant whose idle time
+    /// ran out is reported closing (or closed), not open.
+    pub async fn stage(&self, tenant: TenantId) -> Stage {
+        self.inner.open.run_pending_tasks().await;
         let slot = self.inner.slots.get(&tenant);
         let flag = |f: fn(&Slot) -> bool| slot.as_deref().is_some_and(f);
         if flag(|s| s.held.load(Ordering::Relaxed)) {
@@ -740,8 +760,8 @@ fn explain_failed_open(
     })
 }
 
-/// A database found under the tenant's gate was closed: only a shutdown
-/// closes one without the gate.
+/// A database found through the tenant's door was closed: only a shutdown
+/// closes one without passing the door.
 fn closed_under_gate(tenant: TenantId) -> Error {
     Error::Unavailable(format!(
         "tenant {tenant}'s database was closed (the server is stopping): retry the call"
@@ -757,6 +777,10 @@ type OpenFile = (TenantId, std::sync::Weak<Database>);
 #[derive(Default)]
 struct Slot {
     gate: Arc<RwLock<()>>,
+    /// Held shared by a call while it finds or opens the tenant's database
+    /// and takes a turn on it; passed by every closer before it closes a
+    /// database (see [`Stage`]).
+    door: RwLock<()>,
     closing: std::sync::Mutex<Vec<Arc<Database>>>,
     /// Whether an operation holds the gate exclusively ([`Stage::Held`]).
     held: std::sync::atomic::AtomicBool,

@@ -117,7 +117,7 @@ async fn closing_every_tenant_closes_their_files_at_once() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_moves_through_its_stages_as_calls_and_operations_reach_it() {
     let server = spawn_with(|_| {}).await;
     let acme = server.tenant("acme").await;
@@ -125,15 +125,19 @@ async fn a_tenant_moves_through_its_stages_as_calls_and_operations_reach_it() {
     let registry = &server.registry;
     let mut items = server.items().await;
     let list = || acme.call(ListItemsRequest::default());
-    assert_eq!(registry.stage(id), Stage::Closed, "created, not opened");
+    assert_eq!(
+        registry.stage(id).await,
+        Stage::Closed,
+        "created, not opened"
+    );
 
     items.list_items(list()).await.unwrap();
-    assert_eq!(registry.stage(id), Stage::Open);
+    assert_eq!(registry.stage(id).await, Stage::Open);
 
     // An operation takes the file: the tenant is closed and held, and a
     // call waits for the hold instead of opening the file.
     let held = registry.exclusive(id).await;
-    assert_eq!(registry.stage(id), Stage::Held);
+    assert_eq!(registry.stage(id).await, Stage::Held);
     assert!(!registry.is_open(id));
     let mut waiting = Box::pin({
         let mut items = items.clone();
@@ -152,16 +156,112 @@ async fn a_tenant_moves_through_its_stages_as_calls_and_operations_reach_it() {
     waiting
         .await
         .expect("the waiting call is answered once the hold is released");
-    assert_eq!(registry.stage(id), Stage::Open);
+    assert_eq!(registry.stage(id).await, Stage::Open);
 
-    // Closing waits for the gate: while a reader of the file holds it
-    // shared, the database that left the cache is still closing.
-    let shared = registry.shared(id).await;
+    // A database that left the cache is closing until the calls running on
+    // it are done.
+    let (running, release) = blocked_read(registry, id).await;
     registry.evict(id).await;
-    assert_eq!(registry.stage(id), Stage::Closing);
-    drop(shared);
+    assert_eq!(registry.stage(id).await, Stage::Closing);
+    release.send(()).unwrap();
+    running.await.unwrap().expect("the running read ends well");
     drop(registry.exclusive(id).await);
-    assert_eq!(registry.stage(id), Stage::Closed);
+    assert_eq!(registry.stage(id).await, Stage::Closed);
+}
+
+/// A read on the tenant's open database that runs until the returned
+/// sender sends; returns once it runs.
+async fn blocked_read(
+    registry: &tenantry::tenant::Registry,
+    id: TenantId,
+) -> (
+    tokio::task::JoinHandle<tenantry::error::Result<()>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started, running) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let registry = registry.clone();
+    // Read aside: on the open database, on a blocking thread.
+    let read = tokio::spawn(async move {
+        registry
+            .read_aside(id, move |_| {
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                Ok(())
+            })
+            .await
+    });
+    running.await.unwrap();
+    (read, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_an_eviction_does_not_wait_for_a_long_reader_of_the_file() {
+    // A read aside (what a search or a usage view makes of a closed tenant;
+    // a backup, a clone or an eager migration holds the file the same way)
+    // keeps the tenant's file in place while it runs; a database of the
+    // tenant that opens and closes meanwhile does not wait for it.
+    let server = spawn_with(|_| {}).await;
+    let acme = server.tenant("acme").await;
+    let id = TenantId::parse("id", &acme.id).unwrap();
+    let registry = server.registry.clone();
+    let mut items = server.items().await;
+    assert_eq!(registry.stage(id).await, Stage::Closed);
+    let (started, running) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let aside = tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            registry
+                .read_aside(id, move |_| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    running.await.unwrap();
+    let list = || acme.call(ListItemsRequest::default());
+    items.list_items(list()).await.unwrap();
+    registry.evict(id).await;
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_secs(10), items.list_items(list())).await;
+    release.send(()).unwrap();
+    aside.await.unwrap().unwrap();
+    answered
+        .expect("the call after the eviction is answered while the reader runs")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_gives_up_waiting_for_a_running_call_leaves_the_tenant_unheld() {
+    let server = spawn_with(|_| {}).await;
+    let acme = server.tenant("acme").await;
+    let id = TenantId::parse("id", &acme.id).unwrap();
+    let registry = &server.registry;
+    let mut items = server.items().await;
+    items
+        .list_items(acme.call(ListItemsRequest::default()))
+        .await
+        .unwrap();
+    let (running, release) = blocked_read(registry, id).await;
+    // The hold takes the gate, then waits for the read running on the open
+    // database; its caller gives up first.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        registry.exclusive(id),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the hold waits for the running read");
+    let _slot_kept = registry.shared(id).await;
+    release.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_ne!(registry.stage(id).await, Stage::Held);
+    items
+        .list_items(acme.call(ListItemsRequest::default()))
+        .await
+        .expect("the tenant serves calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
