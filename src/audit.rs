@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Result};
 use crate::ids::TenantId;
-use crate::storage::schema::{Migration, Part, Released, Schema};
+use crate::storage::schema::{Migration, Part, Released, Schema, check_table};
 
 /// The trail's share of the tenant database: one table of writes.
 pub static TRAIL: Part = Part {
@@ -56,49 +56,24 @@ fn check_trail(
     _version: u32,
     schema: &Schema,
 ) -> std::result::Result<(), String> {
-    let bad = |e: rusqlite::Error| format!("its audit trail cannot be read ({e})");
-    let oversized: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM audit_events
-             WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36
-                OR octet_length(actor) > 64",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(bad)?;
-    if oversized > 0 {
-        return Err(format!(
-            "{oversized} of its audit events have fields longer than tenantry writes"
-        ));
-    }
-    let mut statement = conn
-        .prepare("SELECT time, action, item_id, actor FROM audit_events")
-        .map_err(bad)?;
-    let mut rows = statement.query([]).map_err(bad)?;
-    while let Some(row) = rows.next().map_err(bad)? {
-        let event = (|| -> rusqlite::Result<_> {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            ))
-        })()
-        .map_err(bad)?;
-        let (time, action, item, actor) = event;
+    let oversized = "SELECT count(*) FROM audit_events
+        WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36 OR octet_length(actor) > 64";
+    let select = "SELECT time, action, item_id, actor FROM audit_events";
+    check_table(conn, "audit events", oversized, select, |row| {
+        let actor: String = row.get(3)?;
         let actor_ok = actor == "admin"
             || actor
                 .strip_prefix("keys/")
                 .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
-        let valid = crate::clock::is_valid(time)
-            && schema.writer_of(&action).is_some()
-            && crate::ids::parse_canonical_uuid("item_id", &item).is_ok()
+        let valid = crate::clock::is_valid(row.get(0)?)
+            && schema.writer_of(&row.get::<_, String>(1)?).is_some()
+            && crate::ids::parse_canonical_uuid("item_id", &row.get::<_, String>(2)?).is_ok()
             && actor_ok;
-        if !valid {
-            return Err("its audit trail holds an event tenantry would not have written".into());
-        }
-    }
-    Ok(())
+        Ok(match valid {
+            true => Ok(()),
+            false => Err("its audit trail holds an event tenantry would not have written".into()),
+        })
+    })
 }
 
 /// Where an event is recorded; also its rank among events of the same time.

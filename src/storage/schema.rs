@@ -153,6 +153,35 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration], what: &str) -> R
     Ok(Migrated { from, to: latest })
 }
 
+/// The two steps of a part's `check_rows` for one table: no row may hold a
+/// value longer than allowed (`oversized` counts such rows, so that nothing
+/// oversized is ever loaded), then `check` reads each row of `select` and
+/// says what is wrong with it, if anything. `what` names the rows in
+/// messages ("items").
+pub fn check_table(
+    conn: &Connection,
+    what: &str,
+    oversized: &str,
+    select: &str,
+    mut check: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<(), String>>,
+) -> std::result::Result<(), String> {
+    let bad = |e: rusqlite::Error| format!("its {what} cannot be read ({e})");
+    let count: i64 = conn
+        .query_row(oversized, [], |row| row.get(0))
+        .map_err(bad)?;
+    if count > 0 {
+        return Err(format!(
+            "{count} of its {what} have fields longer than the API allows"
+        ));
+    }
+    let mut statement = conn.prepare(select).map_err(bad)?;
+    let mut rows = statement.query([]).map_err(bad)?;
+    while let Some(row) = rows.next().map_err(bad)? {
+        check(row).map_err(bad)??;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

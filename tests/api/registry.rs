@@ -169,8 +169,9 @@ async fn a_tenant_moves_through_its_stages_as_calls_and_operations_reach_it() {
     assert_eq!(registry.stage(id).await, Stage::Closed);
 }
 
-/// A read on the tenant's open database that runs until the returned
-/// sender sends; returns once it runs.
+/// A read aside of the tenant's data (on its open database, or on a
+/// connection of its own if it is closed, on a blocking thread either way)
+/// that runs until the returned sender sends; returns once it runs.
 async fn blocked_read(
     registry: &tenantry::tenant::Registry,
     id: TenantId,
@@ -181,7 +182,6 @@ async fn blocked_read(
     let (started, running) = tokio::sync::oneshot::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
     let registry = registry.clone();
-    // Read aside: on the open database, on a blocking thread.
     let read = tokio::spawn(async move {
         registry
             .read_aside(id, move |_| {
@@ -207,21 +207,7 @@ async fn a_call_after_an_eviction_does_not_wait_for_a_long_reader_of_the_file() 
     let registry = server.registry.clone();
     let mut items = server.items().await;
     assert_eq!(registry.stage(id).await, Stage::Closed);
-    let (started, running) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let aside = tokio::spawn({
-        let registry = registry.clone();
-        async move {
-            registry
-                .read_aside(id, move |_| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    running.await.unwrap();
+    let (aside, release) = blocked_read(&registry, id).await;
     let list = || acme.call(ListItemsRequest::default());
     items.list_items(list()).await.unwrap();
     registry.evict(id).await;

@@ -4,7 +4,7 @@
 
 use rusqlite::Connection;
 
-use crate::storage::schema::{Migration, Part, Released, Schema};
+use crate::storage::schema::{Migration, Part, Released, Schema, check_table};
 
 use super::store::{MAX_DESCRIPTION_CHARS, MAX_REVISION, MAX_TITLE_CHARS};
 
@@ -54,59 +54,35 @@ pub static SCHEMA: Part = Part {
 /// times in range. Sizes are counted first, so that no oversized value is
 /// ever loaded.
 fn check_rows(conn: &Connection, version: u32, _: &Schema) -> Result<(), String> {
-    let bad = |e: rusqlite::Error| format!("its items cannot be read ({e})");
-    let oversized: i64 = conn
-        .query_row(
-            &format!(
-                "SELECT count(*) FROM items WHERE octet_length(id) <> 36
-                 OR octet_length(title) > {} OR octet_length(description) > {}",
-                MAX_TITLE_CHARS * 4,
-                MAX_DESCRIPTION_CHARS * 4
-            ),
-            [],
-            |row| row.get(0),
-        )
-        .map_err(bad)?;
-    if oversized > 0 {
-        return Err(format!(
-            "{oversized} of its items have fields longer than the API allows"
-        ));
-    }
+    let oversized = format!(
+        "SELECT count(*) FROM items WHERE octet_length(id) <> 36
+         OR octet_length(title) > {} OR octet_length(description) > {}",
+        MAX_TITLE_CHARS * 4,
+        MAX_DESCRIPTION_CHARS * 4
+    );
     let due = if version >= 2 { "due_time" } else { "NULL" };
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT id, title, description, completed, create_time, update_time, revision, {due}
-             FROM items"
-        ))
-        .map_err(bad)?;
-    let mut rows = statement.query([]).map_err(bad)?;
-    while let Some(row) = rows.next().map_err(bad)? {
-        let item = (|| -> rusqlite::Result<_> {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                [row.get::<_, i64>(4)?, row.get::<_, i64>(5)?],
-                row.get::<_, i64>(6)?,
-                row.get::<_, Option<i64>>(7)?,
-            ))
-        })()
-        .map_err(bad)?;
-        let (id, title, description, completed, times, revision, due_time) = item;
+    let select = format!(
+        "SELECT id, title, description, completed, create_time, update_time, revision, {due}
+         FROM items"
+    );
+    check_table(conn, "items", &oversized, &select, |row| {
+        let id: String = row.get(0)?;
         let valid = crate::ids::parse_canonical_uuid("id", &id).is_ok()
-            && super::store::check_title("title", &title).is_ok()
-            && super::store::check_description("description", &description).is_ok()
-            && (0..=1).contains(&completed)
-            && times.iter().all(|t| crate::clock::is_valid(*t))
-            && (1..=MAX_REVISION).contains(&revision)
-            && due_time.is_none_or(crate::clock::is_valid);
-        if !valid {
-            return Err(format!(
+            && super::store::check_title("title", &row.get::<_, String>(1)?).is_ok()
+            && super::store::check_description("description", &row.get::<_, String>(2)?).is_ok()
+            && (0..=1).contains(&row.get::<_, i64>(3)?)
+            && crate::clock::is_valid(row.get(4)?)
+            && crate::clock::is_valid(row.get(5)?)
+            && (1..=MAX_REVISION).contains(&row.get::<_, i64>(6)?)
+            && row
+                .get::<_, Option<i64>>(7)?
+                .is_none_or(crate::clock::is_valid);
+        Ok(match valid {
+            true => Ok(()),
+            false => Err(format!(
                 "item {} is not one the API could have stored",
                 crate::audit::clip(&id)
-            ));
-        }
-    }
-    Ok(())
+            )),
+        })
+    })
 }
