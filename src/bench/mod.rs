@@ -63,6 +63,9 @@ pub enum Scenario {
     /// Resident memory and file descriptors of the server with 0, 1,000 and
     /// 10,000 idle open tenants (target: 100 KiB and 3 descriptors each).
     Footprint,
+    /// One client creating tenants one after another (target: 2,000
+    /// tenants/s), next to this disk's fsync latency.
+    Create,
     /// 100 against 100,000 tenants in the catalog: the rate of creating
     /// them, start-up time (target < 2 s), GetTenant and ListTenants pages
     /// (target: at most 10% slower).
@@ -133,6 +136,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, Failure> {
     match args.scenario {
         Scenario::Footprint => scenarios::footprint(&args).await,
         Scenario::Scale => scenarios::scale(&args).await,
+        Scenario::Create => scenarios::create(&args).await,
         _ => scenarios::load(&args).await,
     }
 }

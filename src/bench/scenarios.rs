@@ -12,7 +12,7 @@ use super::target::{Footprint, Target};
 use super::{BenchArgs, Failure, Mix, Op, Scenario, Spread};
 use tenantry::pb::item_service_client::ItemServiceClient;
 use tenantry::pb::tenant_service_client::TenantServiceClient;
-use tenantry::pb::{GetTenantRequest, ListTenantsRequest};
+use tenantry::pb::{self, CreateTenantRequest, GetTenantRequest, ListTenantsRequest};
 use tenantry::server::{FDS_PER_CONNECTION, RESERVED_FDS};
 
 /// A ratio to the baseline that a scenario must reach.
@@ -89,7 +89,7 @@ fn plan(args: &BenchArgs) -> Plan {
                 p99: None,
             }),
         ),
-        Scenario::Mixed | Scenario::Footprint | Scenario::Scale => (
+        Scenario::Mixed | Scenario::Footprint | Scenario::Scale | Scenario::Create => (
             1000,
             20,
             Spread::Zipf(1.1),
@@ -517,4 +517,87 @@ async fn lookups(
         // Past the last page, start over from the first.
     }
     Ok(())
+}
+
+/// One client calling CreateTenant in a loop, each call waiting for its
+/// answer, for `--duration` seconds after `--warmup`; and, for comparison,
+/// how long this disk takes to make a small write durable.
+pub async fn create(args: &BenchArgs) -> Result<bool, Failure> {
+    let target = target(args, &args.server_args).await?;
+    let mut client = TenantServiceClient::new(target.channel().await?);
+    let load = args.load();
+    let mut latencies = Vec::new();
+    let began = Instant::now();
+    let mut counted_from = None;
+    for n in 0.. {
+        let elapsed = began.elapsed();
+        if elapsed >= load.warmup + load.duration {
+            break;
+        }
+        let call = Instant::now();
+        client
+            .create_tenant(request(
+                CreateTenantRequest {
+                    tenant: Some(pb::Tenant {
+                        name: format!("create-{n}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                &target.admin,
+                None,
+            ))
+            .await
+            .map_err(|s| format!("CreateTenant: {s}"))?;
+        if elapsed >= load.warmup {
+            counted_from.get_or_insert(call);
+            latencies.push(call.elapsed());
+        }
+    }
+    let measured = counted_from.map_or(Duration::ZERO, |from| from.elapsed());
+    let rate = latencies.len() as f64 / measured.as_secs_f64().max(f64::EPSILON);
+    latencies.sort();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .map_or("-".into(), ms)
+    };
+    println!(
+        "CreateTenant, one client, one call at a time: {} tenants in {:.1} s, {rate:.0} tenants/s; p50 {} p99 {}",
+        latencies.len(),
+        measured.as_secs_f64(),
+        quantile(0.5),
+        quantile(0.99)
+    );
+    if let Some(fsync) = fsync_latency(&std::env::temp_dir()) {
+        println!(
+            "this disk: a 4 KiB write and fsync takes p50 {} ({:.0} a second, one after another)",
+            ms(fsync),
+            1.0 / fsync.as_secs_f64()
+        );
+    }
+    println!(
+        "target: CreateTenant >= 2000 tenants/s: {}",
+        if rate >= 2000.0 { "met" } else { "MISSED" }
+    );
+    Ok(true)
+}
+
+/// The median time of 200 durable 4 KiB writes to a scratch file in `dir`.
+fn fsync_latency(dir: &std::path::Path) -> Option<Duration> {
+    use std::io::Write;
+    let path = dir.join(format!("tenantry-fsync-{}", uuid::Uuid::new_v4().simple()));
+    let mut file = std::fs::File::create(&path).ok()?;
+    let block = [7u8; 4096];
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let began = Instant::now();
+        file.write_all(&block).ok()?;
+        file.sync_data().ok()?;
+        samples.push(began.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path).ok();
+    Some(median(&mut samples))
 }
