@@ -73,6 +73,24 @@ pub async fn seed(
     Ok((seeded, started.elapsed()))
 }
 
+/// A CreateTenant call for a tenant of that name, as the admin.
+pub fn create_tenant(
+    name: String,
+    admin: &MetadataValue<Ascii>,
+) -> tonic::Request<CreateTenantRequest> {
+    request(
+        CreateTenantRequest {
+            tenant: Some(pb::Tenant {
+                name,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        admin,
+        None,
+    )
+}
+
 async fn seed_one(
     channel: Channel,
     admin: MetadataValue<Ascii>,
@@ -82,17 +100,7 @@ async fn seed_one(
 ) -> Result<Seeded, Failure> {
     let mut tenants = TenantServiceClient::new(channel.clone());
     let tenant = tenants
-        .create_tenant(request(
-            CreateTenantRequest {
-                tenant: Some(pb::Tenant {
-                    name: format!("bench-{n}"),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &admin,
-            None,
-        ))
+        .create_tenant(create_tenant(format!("bench-{n}"), &admin))
         .await
         .map_err(|s| format!("CreateTenant: {s}"))?
         .into_inner();

@@ -7,12 +7,12 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use super::load::{Measured, Seeded, drive, item_call, request, seed};
+use super::load::{Measured, Seeded, create_tenant, drive, item_call, request, seed};
 use super::target::{Footprint, Target};
 use super::{BenchArgs, Failure, Mix, Op, Scenario, Spread};
 use tenantry::pb::item_service_client::ItemServiceClient;
 use tenantry::pb::tenant_service_client::TenantServiceClient;
-use tenantry::pb::{self, CreateTenantRequest, GetTenantRequest, ListTenantsRequest};
+use tenantry::pb::{GetTenantRequest, ListTenantsRequest};
 use tenantry::server::{FDS_PER_CONNECTION, RESERVED_FDS};
 
 /// A ratio to the baseline that a scenario must reach.
@@ -536,17 +536,7 @@ pub async fn create(args: &BenchArgs) -> Result<bool, Failure> {
         }
         let call = Instant::now();
         client
-            .create_tenant(request(
-                CreateTenantRequest {
-                    tenant: Some(pb::Tenant {
-                        name: format!("create-{n}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                &target.admin,
-                None,
-            ))
+            .create_tenant(create_tenant(format!("create-{n}"), &target.admin))
             .await
             .map_err(|s| format!("CreateTenant: {s}"))?;
         if elapsed >= load.warmup {
