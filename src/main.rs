@@ -45,6 +45,9 @@ enum Command {
     /// Measure a server under load, next to Health/Check measured in the
     /// same run (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// The bare reference server `bench hot` measures beside tenantry.
+    #[command(hide = true)]
+    BenchReference(bench::ReferenceArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,7 +55,9 @@ fn main() -> ExitCode {
     let format = match &cli.command {
         Some(Command::Serve(config)) => config.log_format,
         Some(Command::Client(command)) => command.log_format().unwrap_or(LogFormat::Text),
-        Some(Command::Health(_) | Command::Bench(_)) => LogFormat::Text,
+        Some(Command::Health(_) | Command::Bench(_) | Command::BenchReference(_)) => {
+            LogFormat::Text
+        }
         None => cli.serve.log_format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -77,6 +82,15 @@ fn main() -> ExitCode {
         Some(Command::Client(command)) => return runtime.block_on(cli::run(command)),
         Some(Command::Health(args)) => return runtime.block_on(cli::health(args)),
         Some(Command::Bench(args)) => return runtime.block_on(bench(args)),
+        Some(Command::BenchReference(args)) => {
+            return match runtime.block_on(bench::reference::serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => {
+                    eprintln!("tenantry bench-reference: {failure}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,

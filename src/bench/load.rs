@@ -161,6 +161,8 @@ pub struct Load {
 /// What one phase measured.
 pub struct Measured {
     pub duration: Duration,
+    /// CPU time the server used during the measurement, if it runs here.
+    pub server_cpu: Option<Duration>,
     pub latencies: BTreeMap<Op, Histogram<u64>>,
     /// Failed calls by operation and status code.
     pub errors: BTreeMap<(Op, i32), u64>,
@@ -170,6 +172,7 @@ impl Measured {
     fn new(duration: Duration) -> Self {
         Measured {
             duration,
+            server_cpu: None,
             latencies: BTreeMap::new(),
             errors: BTreeMap::new(),
         }
@@ -212,6 +215,14 @@ impl Measured {
 
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// The server's CPU time per call answered (successfully or not): what
+    /// a call costs the server, whatever else the machine does meanwhile.
+    pub fn server_cpu_per_call(&self) -> Option<Duration> {
+        let calls = self.latencies.values().map(|h| h.len()).sum::<u64>() + self.error_count();
+        let cpu = self.server_cpu?;
+        (calls > 0).then(|| cpu / calls as u32)
     }
 }
 
@@ -285,10 +296,23 @@ pub async fn drive(
             measured
         }));
     }
-    let mut total = Measured::new(load.duration);
-    for l in loops {
-        total.merge(l.await.map_err(|e| format!("a load loop failed: {e}"))?);
-    }
+    let cpu = async {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = target.cpu_time();
+        tokio::time::sleep_until(end.into()).await;
+        let after = target.cpu_time();
+        before.zip(after).map(|(b, a)| a.saturating_sub(b))
+    };
+    let collect = async {
+        let mut total = Measured::new(load.duration);
+        for l in loops {
+            total.merge(l.await.map_err(|e| format!("a load loop failed: {e}"))?);
+        }
+        Ok::<_, Failure>(total)
+    };
+    let (cpu, total) = tokio::join!(cpu, collect);
+    let mut total = total?;
+    total.server_cpu = cpu;
     Ok(total)
 }
 

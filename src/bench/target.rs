@@ -26,6 +26,7 @@ pub struct Target {
 struct Spawned {
     process: Child,
     dir: PathBuf,
+    /// Its whole command line, after the executable.
     args: Vec<String>,
     token: String,
 }
@@ -49,17 +50,38 @@ impl Target {
     /// data directory, with `args` added to its command line, and waits
     /// until it serves.
     pub async fn spawn(args: &[String]) -> Result<Self, Failure> {
-        let dir = std::env::temp_dir().join(format!(
-            "tenantry-bench-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let dir = scratch_dir()?;
+        let mut command = vec![
+            "serve".to_owned(),
+            "--listen=127.0.0.1:0".to_owned(),
+            format!("--data-dir={}", dir.join("data").display()),
+            "--log-format=text".to_owned(),
+        ];
+        command.extend(args.iter().cloned());
+        Self::spawn_command(dir, command).await
+    }
+
+    /// Starts the bare reference server (see [`super::reference`]) with
+    /// `items` items, and returns it with their ids.
+    pub async fn spawn_reference(items: usize) -> Result<(Self, Vec<String>), Failure> {
+        let dir = scratch_dir()?;
+        let command = vec![
+            "bench-reference".to_owned(),
+            format!("--dir={}", dir.display()),
+            format!("--items={items}"),
+        ];
+        let target = Self::spawn_command(dir.clone(), command).await?;
+        let ids = std::fs::read_to_string(dir.join("items.txt"))
+            .map_err(|e| format!("reading the reference's items: {e}"))?;
+        Ok((target, ids.lines().map(str::to_owned).collect()))
+    }
+
+    async fn spawn_command(dir: PathBuf, args: Vec<String>) -> Result<Self, Failure> {
         let token = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let spawned = Spawned {
-            process: start(&dir, args, &token)?,
+            process: start(&dir, &args, &token)?,
             dir,
-            args: args.to_vec(),
+            args,
             token: token.clone(),
         };
         let mut target = Target {
@@ -105,10 +127,14 @@ impl Target {
                 .args
                 .iter()
                 .any(|a| a.starts_with("--metrics-listen"));
+            let serves_health = spawned.args.first().is_some_and(|c| c == "serve");
             let metrics = address_after(&text, "serving metrics");
             if let Some(addr) = found.filter(|_| metrics.is_some() || !wants_metrics) {
                 self.addr = addr;
                 self.metrics = metrics;
+                if !serves_health {
+                    return Ok(());
+                }
                 break;
             }
             if let Some(status) = spawned.process.try_wait().map_err(|e| e.to_string())? {
@@ -140,6 +166,20 @@ impl Target {
             .connect()
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.addr).into())
+    }
+
+    /// The CPU time the server process has used since it started (user and
+    /// system, every thread), in the kernel's clock ticks.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which is in parentheses and
+        // may hold spaces: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = rustix::param::clock_ticks_per_second();
+        Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
     }
 
     /// Resident memory and open file descriptors of the server process.
@@ -198,20 +238,29 @@ pub fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Failure> {
         .map_err(|_| Failure::from("a token must be printable ASCII"))
 }
 
+fn scratch_dir() -> Result<PathBuf, Failure> {
+    let dir = std::env::temp_dir().join(format!(
+        "tenantry-bench-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 fn start(dir: &Path, args: &[String], token: &str) -> Result<Child, Failure> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
     Command::new(exe)
-        .arg("serve")
-        .arg("--listen=127.0.0.1:0")
-        .arg(format!("--data-dir={}", dir.join("data").display()))
-        .arg("--log-format=text")
         .args(args)
         .env("TENANTRY_ADMIN_TOKEN", token)
         .env_remove("TENANTRY_ADMIN_TOKEN_FILE")
+        // The server's own default, which keeps each call's span; set
+        // TENANTRY_BENCH_SERVER_LOG (`info,tenantry::layers::calls=warn`) to
+        // measure without it.
         .env(
             "RUST_LOG",
-            "warn,tenantry=info,tenantry::layers::calls=warn",
+            std::env::var("TENANTRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
