@@ -40,17 +40,18 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_TENANT_IDLE_SECS", default_value_t = 300)]
     pub tenant_idle_secs: u64,
 
-    /// Most SQLite connections per open tenant, which is also the most calls
-    /// one tenant runs at once (writes run one at a time).
-    #[arg(long, env = "TENANTRY_TENANT_CONNECTIONS", default_value_t = 2)]
-    pub tenant_connections: u32,
+    /// No longer used: an open tenant has exactly one SQLite connection,
+    /// which owns its file. Accepted so that existing configurations still
+    /// start; a value is logged as ignored.
+    #[arg(long, env = "TENANTRY_TENANT_CONNECTIONS", hide = true)]
+    pub tenant_connections: Option<u32>,
 
-    /// Page cache per SQLite connection, in KiB.
+    /// Page cache of an open tenant's connection, in KiB.
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,
 
     /// Run a tenant's point reads and list pages on the async threads when
-    /// one of its connections is idle (a point read costs a few microseconds,
+    /// its connection is idle (a point read costs a few microseconds,
     /// handing it to a blocking thread several times that); `false` sends
     /// every read to a blocking thread, which suits storage so slow that a
     /// read may wait on the disk for long.

@@ -394,12 +394,11 @@ async fn read_one(
     let found = match &name {
         None => Err(crate::error::tenant_not_found(id)),
         Some(_) => {
-            let query = query.clone();
+            let search = items::Search::new(&query.text, query.completed, query.limit);
             registry
-                .read_aside(id, move |conn| {
-                    items::search(conn, &query.text, query.completed, query.limit)
-                })
+                .read_aside_in_steps(id, search, |conn, search| search.step(conn))
                 .await
+                .map(|(search, _)| search.found)
         }
     };
     let tenant_id = id.to_string();

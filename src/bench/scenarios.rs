@@ -13,7 +13,7 @@ use super::{BenchArgs, Failure, Mix, Op, Scenario, Spread};
 use tenantry::pb::item_service_client::ItemServiceClient;
 use tenantry::pb::tenant_service_client::TenantServiceClient;
 use tenantry::pb::{GetTenantRequest, ListTenantsRequest};
-use tenantry::server::{FDS_PER_CONNECTION, RESERVED_FDS};
+use tenantry::server::{FDS_PER_TENANT, RESERVED_FDS};
 
 /// A ratio to the baseline that a scenario must reach.
 struct Goal {
@@ -378,18 +378,17 @@ pub async fn footprint(args: &BenchArgs) -> Result<bool, Failure> {
         .map_err(|e| format!("reading the open-file limit: {e}"))?
         .1;
     // The server refuses a cache that could need more descriptors than it
-    // may open; with one connection per tenant, as here:
-    let fit = hard_limit.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION;
+    // may open.
+    let fit = hard_limit.saturating_sub(RESERVED_FDS) / FDS_PER_TENANT;
     let wanted = args.tenants.unwrap_or(10_000) as u64;
     let top = wanted.min(fit / 1000 * 1000).max(1000);
     if top < wanted {
         println!(
-            "this machine's open-file limit is {hard_limit}: at {FDS_PER_CONNECTION} per tenant, {top} open tenants is the most it can measure, not {wanted}"
+            "this machine's open-file limit is {hard_limit}: at {FDS_PER_TENANT} per tenant, {top} open tenants is the most it can measure, not {wanted}"
         );
     }
     let mut server_args = vec![
         format!("--max-open-tenants={top}"),
-        "--tenant-connections=1".into(),
         "--tenant-idle-secs=3600".into(),
         "--metrics-listen=127.0.0.1:0".into(),
     ];

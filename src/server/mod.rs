@@ -44,6 +44,8 @@ const METRICS_CONNECTIONS: usize = 16;
 /// A SQLite connection in WAL mode holds up to three descriptors: the
 /// database, its `-wal` and its `-shm`.
 pub const FDS_PER_CONNECTION: u64 = 3;
+/// An open tenant's one connection owns its file and has no `-shm`: two.
+pub const FDS_PER_TENANT: u64 = 2;
 
 /// A server that is bound and ready to serve.
 pub struct Application {
@@ -98,11 +100,7 @@ impl OpenData {
                     inline_reads: config.inline_reads,
                     // One switch stops the statements of both.
                     stopping: catalog_pool.stopping.clone(),
-                    ..PoolSettings::new(
-                        config.tenant_connections,
-                        config.tenant_cache_kib,
-                        config.busy_timeout(),
-                    )
+                    ..PoolSettings::owning(config.tenant_cache_kib, config.busy_timeout())
                 },
             },
         );
@@ -354,8 +352,14 @@ async fn flush_accesses(registry: Registry, every: std::time::Duration) {
 fn check_file_limit(config: &Config) -> Result<usize> {
     let limit =
         rlimit::increase_nofile_limit(u64::MAX).context(|| "raising the open-file limit".into())?;
-    let tenants =
-        config.max_open_tenants * u64::from(config.tenant_connections) * FDS_PER_CONNECTION;
+    if let Some(connections) = config.tenant_connections {
+        tracing::warn!(
+            connections,
+            "--tenant-connections (TENANTRY_TENANT_CONNECTIONS) is ignored: an open tenant has \
+             one connection, which owns its file; remove the setting"
+        );
+    }
+    let tenants = config.max_open_tenants * FDS_PER_TENANT;
     let left = limit.saturating_sub(tenants + RESERVED_FDS);
     let connections = match config.max_connections as u64 {
         // Too few left over fails below, as an explicit cap would.
@@ -364,11 +368,11 @@ fn check_file_limit(config: &Config) -> Result<usize> {
     };
     if connections > left {
         return Err(Error::FailedPrecondition(format!(
-            "--max-open-tenants {} with --tenant-connections {} needs up to {tenants} open files, \
-             and {connections} client connections (--max-connections) and a reserve of \
-             {RESERVED_FDS} need more, but this process may open only {limit}: lower them, or \
-             raise the hard limit (ulimit -Hn)",
-            config.max_open_tenants, config.tenant_connections
+            "--max-open-tenants {} needs up to {tenants} open files ({FDS_PER_TENANT} a \
+             tenant), and {connections} client connections (--max-connections) and a reserve \
+             of {RESERVED_FDS} need more, but this process may open only {limit}: lower them, \
+             or raise the hard limit (ulimit -Hn)",
+            config.max_open_tenants
         )));
     }
     tracing::debug!(limit, tenants, connections, "open-file limit");

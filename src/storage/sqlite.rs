@@ -1,6 +1,18 @@
 //! A pooled SQLite database: the one way tenantry talks to a database file,
 //! whether it is the catalog or a tenant.
 //!
+//! A tenant's file has one connection, which owns it ([`PoolSettings::owning`]):
+//! only one tenantry process may open a data directory, so the file needs no
+//! locks between processes, and the connection holds SQLite's lock on it in
+//! `EXCLUSIVE` locking mode for as long as it is open. SQLite then keeps the
+//! WAL index in the connection's memory instead of a shared `-shm` file, and
+//! takes no `fcntl` lock per transaction; an open tenant holds two
+//! descriptors (its file and its WAL) and one page cache. Reads and writes of
+//! the tenant take turns on that connection, and tenantry runs its
+//! checkpoints itself ([`Database::with_still_file`] holds them off while a
+//! snapshot copies the file). The catalog, which many calls read at once,
+//! keeps a pool of several connections in SQLite's normal locking mode.
+//!
 //! rusqlite is synchronous, and no SQL may stall the async threads that
 //! serve other tenants for long. A bounded read (a point read or a page of a
 //! list, [`Database::read_bounded_in`]) runs inline on the calling async
@@ -39,6 +51,9 @@ use crate::error::{Context, Error, Result};
 pub struct PoolSettings {
     /// Most connections, and so most concurrent calls, for one database.
     pub connections: u32,
+    /// Whether the one connection owns the file (see the module's doc):
+    /// `locking_mode = EXCLUSIVE`, checkpoints run by the writer.
+    pub exclusive: bool,
     pub cache_kib: u32,
     pub busy_timeout: Duration,
     /// An unused connection is closed after this long.
@@ -73,9 +88,11 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
+    /// Settings for a file shared by `connections` connections.
     pub fn new(connections: u32, cache_kib: u32, busy_timeout: Duration) -> Self {
         PoolSettings {
             connections: connections.max(1),
+            exclusive: false,
             cache_kib,
             busy_timeout,
             idle_connection: Duration::from_secs(60),
@@ -93,6 +110,14 @@ impl PoolSettings {
         }
     }
 
+    /// Settings for a file owned by one connection (a tenant's).
+    pub fn owning(cache_kib: u32, busy_timeout: Duration) -> Self {
+        PoolSettings {
+            exclusive: true,
+            ..PoolSettings::new(1, cache_kib, busy_timeout)
+        }
+    }
+
     /// Interrupts every statement running on these connections, and every
     /// one started until [`PoolSettings::resume`]: at shutdown, so that no
     /// statement outlives the grace period.
@@ -107,10 +132,18 @@ impl PoolSettings {
     /// Applies the per-connection settings. `journal_mode` is a property of
     /// the file and is set once, when it is created or first opened.
     fn configure(&self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.exclusive {
+            // First, before anything reads the file, so that SQLite never
+            // makes the shared-memory WAL index (`-shm`).
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        }
         shrink_lookaside(conn);
         defend(conn, Some(self.stopping.clone()))?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
-        conn.busy_timeout(self.busy_timeout)?;
+        conn.busy_timeout(match self.exclusive {
+            true => OWNER_LOCK_WAIT,
+            false => self.busy_timeout,
+        })?;
         conn.execute_batch(&format!(
             "PRAGMA foreign_keys = ON;
              PRAGMA synchronous = {};
@@ -118,6 +151,10 @@ impl PoolSettings {
             if self.durable { "FULL" } else { "NORMAL" },
             self.cache_kib
         ))?;
+        if self.exclusive {
+            // Replaces SQLite's automatic checkpoints: see `Writer::checkpoint`.
+            conn.wal_hook(Some(note_wal_pages));
+        }
         if self.mmap_bytes > 0 {
             conn.pragma_update(None, "mmap_size", self.mmap_bytes as i64)?;
         }
@@ -130,6 +167,31 @@ impl PoolSettings {
         }
         Ok(())
     }
+}
+
+/// How long a connection that owns its file waits in SQLite for the file's
+/// lock when it opens: only another connection of the same tenant that is
+/// still closing can hold it, and whoever opens tries again in a moment
+/// rather than wait here (the registry lets the closer finish first).
+pub const OWNER_LOCK_WAIT: Duration = Duration::from_millis(100);
+
+/// A WAL of this many pages is checkpointed into the file after the write
+/// batch that grew it there (SQLite's own default for its automatic
+/// checkpoints).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+thread_local! {
+    /// The pages in the WAL of the database whose commit ran last on this
+    /// thread, as SQLite's WAL hook reported it.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The WAL hook of a connection that owns its file: it only notes the WAL's
+/// size, on the committing thread, for the writer to checkpoint when the
+/// commit is done. (A hook replaces SQLite's automatic checkpoints.)
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
 }
 
 /// The largest string or blob a connection reads or writes: far above what
@@ -248,8 +310,16 @@ pub struct Database {
     writes: Arc<Semaphore>,
     /// Writes waiting for the writer; see [`Database::write_in`].
     queue: Arc<std::sync::Mutex<WriteQueue>>,
+    /// Whether its one connection owns the file ([`PoolSettings::exclusive`]).
+    exclusive: bool,
+    /// One permit, held while a copy of the file is made
+    /// ([`Database::with_still_file`]): no checkpoint runs meanwhile, and
+    /// closing waits for it.
+    still: Arc<Semaphore>,
     /// Set once [`Database::retire`] has closed it.
     retired: tokio::sync::OnceCell<()>,
+    /// True once it is closed, for those who wait without closing it.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Most writes queued for one database at once; more wait for a turn.
@@ -260,6 +330,15 @@ struct WriteQueue {
     writes: Vec<Box<dyn Pending>>,
     /// Whether a writer is draining the queue on a blocking thread.
     draining: bool,
+}
+
+/// What a step of a read made in steps says: go on, or done. A long read
+/// made in steps, each in a turn of its own, lets the other calls of a
+/// database whose one connection owns the file run between its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    More,
+    Done,
 }
 
 /// The right to run one read on a database, taken in async code before any
@@ -320,6 +399,9 @@ impl Database {
         }
         let mut conn = open_connection(path, settings)?;
         let prepared = prepare(&mut conn)?;
+        if settings.exclusive {
+            remove_stale_shm(path);
+        }
         let identity = Arc::new(
             Identity::of(path)
                 .context(|| format!("opening {}", path.display()))?
@@ -332,10 +414,14 @@ impl Database {
                 .with_init(move |conn| configured.configure(conn)),
             first: std::sync::Mutex::new(Some(conn)),
         };
+        // A connection that owns its file stays until the database closes:
+        // closing it would checkpoint the file and delete its WAL, which the
+        // next call would make again.
+        let idle_timeout = (!settings.exclusive).then_some(settings.idle_connection);
         let pool = Pool::builder()
             .max_size(settings.connections)
             .min_idle(Some(0))
-            .idle_timeout(Some(settings.idle_connection))
+            .idle_timeout(idle_timeout)
             .connection_timeout(settings.busy_timeout)
             .test_on_check_out(false)
             .thread_pool(settings.threads.clone())
@@ -355,7 +441,10 @@ impl Database {
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
             queue: Default::default(),
+            exclusive: settings.exclusive,
+            still: Arc::new(Semaphore::new(1)),
             retired: tokio::sync::OnceCell::new(),
+            closed: tokio::sync::watch::Sender::new(false),
         };
         Ok((database, prepared))
     }
@@ -480,7 +569,7 @@ impl Database {
         let deadline = deadline::current();
         if inline && let Some(conn) = pool.try_get() {
             let result = deadline::check(deadline.as_deref())
-                .and_then(|()| check_in_place(&self.path, &self.identity))
+                .and_then(|()| check_in_place_lately(&self.path, &self.identity))
                 .and_then(|()| bounded(deadline.as_deref(), || f(&conn)));
             // As below: the connection and the pool handle go before the
             // turn, so a retire holding every turn has nothing left open.
@@ -492,7 +581,7 @@ impl Database {
         let (path, identity) = (self.path.clone(), self.identity.clone());
         run_blocking(move || {
             let result = deadline::check(deadline.as_deref())
-                .and_then(|()| check_in_place(&path, &identity))
+                .and_then(|()| check_in_place_lately(&path, &identity))
                 .and_then(|()| {
                     pool.get()
                         .context(|| "taking a database connection".into())
@@ -548,6 +637,7 @@ impl Database {
                 pool: self.pool.clone(),
                 path: self.path.clone(),
                 identity: self.identity.clone(),
+                checkpoints: self.exclusive.then(|| self.still.clone()),
             };
             tokio::task::spawn_blocking(move || writer.drain());
         }
@@ -593,6 +683,11 @@ impl Database {
             self.readers.close();
             drop(all);
         }
+        // A copy of the file under way ends before the close checkpoints it.
+        if let Ok(still) = self.still.acquire().await {
+            self.still.close();
+            drop(still);
+        }
         // Dropping the last handle on the pool closes its idle connections.
         // A connection r2d2 is still opening on its thread pool for a request
         // that has since been served is dropped when it arrives; it never ran
@@ -609,6 +704,78 @@ impl Database {
             })
             .await
             .ok();
+        }
+        self.closed.send_replace(true);
+    }
+
+    /// Waits until the database is closed, by whoever closes it, without
+    /// closing it: for a caller that must not open its file before then.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    /// Runs `f` (on a blocking thread) with the database's file whole and
+    /// still: every commit checkpointed into it, and no checkpoint until `f`
+    /// returns, while calls go on (writes append to the WAL meanwhile). So
+    /// a copy of the file made by `f` holds exactly the commits made before
+    /// it began, without holding the database's connection while it
+    /// copies. One copy at a time; closing the database waits for it.
+    /// `Err(Retired)` if the database was retired first.
+    pub async fn with_still_file<T, F>(&self, f: F) -> Result<Result<T>, Retired>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T> + Send + 'static,
+    {
+        let still = self
+            .still
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Retired)?;
+        let turn = self.read_turn().await?;
+        let checkpointed = self
+            .read_in(turn, |conn| {
+                let (busy, _, _): (i64, i64, i64) = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .context(|| "checkpointing the file before a copy".into())?;
+                match busy {
+                    0 => Ok(()),
+                    _ => Err(Error::Unavailable(
+                        "the database was busy and could not be copied; retry the call".into(),
+                    )),
+                }
+            })
+            .await;
+        if let Err(error) = checkpointed {
+            return Ok(Err(error));
+        }
+        let path = self.path.clone();
+        // Held to the end of the copy, even if this call goes away first.
+        Ok(run_blocking(move || {
+            let copied = f(&path);
+            drop(still);
+            copied
+        })
+        .await)
+    }
+}
+
+/// Removes the `-shm` file another program's connection left beside a
+/// file that a connection of ours now owns (it holds the file's lock, so
+/// no other connection uses that index): a closed tenant stays one file.
+fn remove_stale_shm(path: &Path) {
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    match std::fs::remove_file(&shm) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed a -shm file another program left")
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not remove a stale -shm file")
         }
     }
 }
@@ -632,6 +799,9 @@ struct Identity {
     /// A tenant file only grows (freed pages are reused, never cut off), so
     /// a smaller one was truncated or replaced behind the server's back.
     largest: std::sync::atomic::AtomicU64,
+    /// When the file was last found in place, in milliseconds of
+    /// [`coarse_millis`].
+    checked: std::sync::atomic::AtomicU64,
 }
 
 impl Identity {
@@ -643,6 +813,7 @@ impl Identity {
                 device: metadata.dev(),
                 inode: metadata.ino(),
                 largest: metadata.len().into(),
+                checked: coarse_millis().into(),
             })),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
@@ -650,11 +821,36 @@ impl Identity {
     }
 }
 
+/// How long a read trusts the last finding that its file is in place.
+const READ_CHECK_MILLIS: u64 = 100;
+
+/// Milliseconds since this process first asked.
+fn coarse_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// [`check_in_place`] for a read: at most once every [`READ_CHECK_MILLIS`].
+/// A read of a file moved away still reads what was committed to it; it is
+/// a write that must never go to a file nobody will read again, and every
+/// write batch checks. (A `stat` per read was a twentieth of a point
+/// read's cost on the server.)
+fn check_in_place_lately(path: &Path, opened: &Identity) -> Result<()> {
+    let now = coarse_millis();
+    if now.saturating_sub(opened.checked.load(Ordering::Relaxed)) < READ_CHECK_MILLIS {
+        return Ok(());
+    }
+    check_in_place(path, opened)
+}
+
 /// Checks, before a call uses the database, that its file is still the one
 /// that was opened, and whole. Open connections keep working on a file that
 /// was removed, replaced or truncated behind the server's back, and every
 /// write to it would be lost; SQLite only notices for rollback journals,
-/// not in WAL mode. One `stat` per call, small next to the call's SQL.
+/// not in WAL mode. One `stat`, small next to a write's commit.
 fn check_in_place(path: &Path, opened: &Identity) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let metadata = match std::fs::symlink_metadata(path) {
@@ -666,6 +862,9 @@ fn check_in_place(path: &Path, opened: &Identity) -> Result<()> {
         return Err(moved(path));
     }
     let largest = opened.largest.fetch_max(metadata.len(), Ordering::Relaxed);
+    if metadata.len() >= largest {
+        opened.checked.store(coarse_millis(), Ordering::Relaxed);
+    }
     if metadata.len() < largest {
         return Err(Error::internal(
             format!("using {}", path.display()),
@@ -707,6 +906,9 @@ struct Writer {
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     path: PathBuf,
     identity: Arc<Identity>,
+    /// For a connection that owns its file, the checkpoints are the
+    /// writer's; none runs while this permit is taken (a copy is made).
+    checkpoints: Option<Arc<Semaphore>>,
 }
 
 impl Writer {
@@ -767,9 +969,11 @@ impl Writer {
             Ok(conn) => conn,
             Err(error) => return fail_all(batch, error),
         };
+        WAL_PAGES.set(0);
         if batch.len() == 1 {
             let mut write = batch.pop().expect("one write");
             let outcome = write.run_alone(&mut conn);
+            self.checkpoint(&conn);
             return vec![(write, outcome)];
         }
         let tx = match conn
@@ -819,6 +1023,7 @@ impl Writer {
                 Err(error) => finished.extend(fail_all(kept, error)),
             }
         }
+        self.checkpoint(&conn);
         // The rest runs as a batch of its own, which takes a permit of its
         // own: this one goes first, or a batch with several broken writes
         // would wait for permits its own earlier rounds hold.
@@ -828,6 +1033,34 @@ impl Writer {
             finished.extend(self.run(rest));
         }
         finished
+    }
+}
+
+impl Writer {
+    /// Checkpoints the WAL into the file once the commits just made have
+    /// grown it past [`CHECKPOINT_PAGES`], as SQLite's automatic checkpoint
+    /// would, unless a copy of the file is being made: then the next batch
+    /// after the copy does it. A failed checkpoint loses nothing (the WAL
+    /// keeps every commit) and is tried again after the next batch.
+    fn checkpoint(&self, conn: &Connection) {
+        let Some(still) = &self.checkpoints else {
+            return;
+        };
+        if WAL_PAGES.get() < CHECKPOINT_PAGES {
+            return;
+        }
+        let Ok(_still) = still.try_acquire() else {
+            return;
+        };
+        let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        match checkpointed {
+            Ok(_) => WAL_PAGES.set(0),
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "a checkpoint failed; the next write batch tries again")
+            }
+        }
     }
 }
 
@@ -1290,6 +1523,103 @@ mod tests {
                 .unwrap(),
             7
         );
+    }
+
+    fn owned(dir: &Path) -> Arc<Database> {
+        database_with(dir, PoolSettings::owning(256, Duration::from_secs(5)))
+    }
+
+    fn beside(dir: &Path, suffix: &str) -> PathBuf {
+        dir.join(format!("t.db{suffix}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_owns_its_file_keeps_no_shm_and_locks_out_others() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = owned(dir.path());
+        db.write(|tx| insert(tx, 1)).await.unwrap();
+        assert!(beside(dir.path(), "-wal").exists());
+        assert!(
+            !beside(dir.path(), "-shm").exists(),
+            "the WAL index is in the connection's memory"
+        );
+        let other = Connection::open(dir.path().join("t.db")).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let refused = other.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0));
+        assert!(
+            matches!(&refused, Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ffi::ErrorCode::DatabaseBusy),
+            "{refused:?}"
+        );
+        drop(other);
+        db.retire().await;
+        assert!(
+            !beside(dir.path(), "-wal").exists(),
+            "closed, it is one file"
+        );
+        assert_eq!(rows_in_file(dir.path()), 1);
+    }
+
+    /// Inserts `rows` rows of one page each, one write each.
+    async fn write_pages(db: &Arc<Database>, from: i64, rows: i64) {
+        for n in from..from + rows {
+            db.write(move |tx| {
+                tx.execute("INSERT INTO t (n, b) VALUES (?1, zeroblob(3000))", [n])
+                    .map(|_| ())
+                    .context(|| "inserting".into())
+            })
+            .await
+            .unwrap();
+        }
+    }
+
+    fn wal_pages(dir: &Path) -> u64 {
+        std::fs::metadata(beside(dir, "-wal")).map_or(0, |m| m.len()) / (4096 + 24)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_checkpoints_an_owned_file_except_while_it_is_copied() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = owned(dir.path());
+        write_pages(&db, 0, 3000).await;
+        let pages = wal_pages(dir.path());
+        assert!(
+            (1000..1500).contains(&pages),
+            "checkpoints keep the WAL near {CHECKPOINT_PAGES} pages: {pages}"
+        );
+
+        // While a copy is made, no checkpoint runs and the WAL grows.
+        let (copying, copy_runs) = tokio::sync::oneshot::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let copy = tokio::spawn({
+            let db = db.clone();
+            let copied = dir.path().join("copy.db");
+            async move {
+                db.with_still_file(move |path| {
+                    copying.send(()).unwrap();
+                    finished.recv().unwrap();
+                    std::fs::copy(path, &copied).context(|| "copying".into())
+                })
+                .await
+                .map_err(|_| "retired")
+            }
+        });
+        copy_runs.await.unwrap();
+        write_pages(&db, 3000, 2500).await;
+        assert!(wal_pages(dir.path()) >= 2500, "{}", wal_pages(dir.path()));
+        finish.send(()).unwrap();
+        copy.await.unwrap().unwrap().unwrap();
+        let copy = Connection::open(dir.path().join("copy.db")).unwrap();
+        let copied: i64 = copy
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(
+            copied, 3000,
+            "the copy holds the commits made before it began, and no other"
+        );
+        // The next write after the copy checkpoints again.
+        write_pages(&db, 5500, 1).await;
+        db.retire().await;
+        assert_eq!(rows_in_file(dir.path()), 5501);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -236,13 +236,10 @@ impl Lifecycle {
     /// Makes `tenant`'s file a consistent copy of `source`'s, at the current
     /// schema version.
     async fn copy_file(&self, source: TenantId, tenant: TenantId) -> Result<()> {
-        let _source_held = self.registry.shared(source).await;
-        let from = self.data_dir().tenant_file(source);
-        let staging = self.registry.staging().clone();
+        let (staged, _) = self.registry.snapshot(source, "clone").await?;
         let to = self.data_dir().tenant_file(tenant);
         let migrations = self.registry.schema().migrations();
         run_blocking(move || {
-            let (staged, _) = snapshot::take(&from, &staging, "clone")?;
             let mut conn = rusqlite::Connection::open(staged.path())
                 .context(|| format!("opening {}", staged.path().display()))?;
             schema::migrate(&mut conn, migrations, &format!("tenant {tenant}"))?;
@@ -466,18 +463,8 @@ impl Lifecycle {
         self.catalog()
             .read(move |conn| visible_tenant(conn, id))
             .await?;
-        let _held = self.registry.shared(id).await;
-        let source = self.data_dir().tenant_file(id);
-        let staging = self.registry.staging().clone();
         let time = now_micros();
-        let deadline = crate::deadline::current();
-        let (file, summary) = run_blocking(move || {
-            crate::deadline::check(deadline.as_deref())?;
-            crate::storage::sqlite::bounded(deadline.as_deref(), || {
-                snapshot::take(&source, &staging, "snapshot")
-            })
-        })
-        .await?;
+        let (file, summary) = self.registry.snapshot(id, "snapshot").await?;
         Ok(StagedSnapshot {
             tenant_id: id,
             file,

@@ -8,14 +8,11 @@
 //! query.
 
 use futures::StreamExt;
-use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::catalog::{TenantState, store};
 use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
-use crate::storage::schema;
-use crate::storage::sqlite::{self, run_blocking};
 use crate::tenant::Registry;
 
 /// The outcome of migrating one tenant.
@@ -63,41 +60,28 @@ impl Registry {
     /// Brings one tenant's file to the current schema, holding it in place
     /// meanwhile, and records the new version in the catalog.
     pub async fn migrate_one(&self, tenant: TenantId, recorded: u32) -> MigrationReport {
-        let _held = self.shared(tenant).await;
-        let path = self.data_dir().tenant_file(tenant);
         let catalog = self.catalog().clone();
-        let busy_timeout = self.pool_settings().busy_timeout;
-        let migrations = self.schema().migrations();
-        let outcome = run_blocking(move || {
-            let state = catalog
-                .read_now(|conn| store::get_tenant(conn, tenant))?
-                .map(|t| t.state);
-            if !matches!(state, Some(TenantState::Active | TenantState::Suspended)) {
-                return Err(Error::NotFound(format!("tenant {tenant} no longer exists")));
-            }
-            if !path.is_file() {
-                return Err(Error::internal(
-                    format!("migrating tenant {tenant}"),
-                    "its database file is missing",
-                ));
-            }
-            let mut conn = Connection::open_with_flags(&path, sqlite::EXISTING)
-                .context(|| format!("opening {}", path.display()))?;
-            sqlite::defend(&conn, None)
-                .and_then(|()| conn.busy_timeout(busy_timeout))
-                .context(|| format!("opening {}", path.display()))?;
-            let migrated = sqlite::set_wal(&conn)
-                .and_then(|()| schema::migrate(&mut conn, migrations, &format!("tenant {tenant}")));
-            drop(conn);
-            match migrated {
-                Ok(migrated) => {
-                    catalog.write_now(|tx| store::set_schema_version(tx, tenant, migrated.to))?;
-                    Ok(migrated)
-                }
-                Err(error) => Err(error),
-            }
-        })
-        .await;
+        let exists = catalog
+            .read(move |conn| store::get_tenant(conn, tenant))
+            .await
+            .map(|record| {
+                record.is_some_and(|t| {
+                    matches!(t.state, TenantState::Active | TenantState::Suspended)
+                })
+            });
+        let outcome = match exists {
+            Ok(true) => self.migrate_aside(tenant).await,
+            Ok(false) => Err(Error::NotFound(format!("tenant {tenant} no longer exists"))),
+            Err(error) => Err(error),
+        };
+        // The catalog follows the file, even where the file was ahead of it.
+        let outcome = match outcome {
+            Ok(migrated) if migrated.to != recorded => catalog
+                .write(move |tx| store::set_schema_version(tx, tenant, migrated.to))
+                .await
+                .map(|()| migrated),
+            outcome => outcome,
+        };
         let outcome_label = match &outcome {
             Ok(migrated) if migrated.from == migrated.to => None,
             Ok(_) => Some("ok"),

@@ -48,8 +48,9 @@ use crate::ids::TenantId;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::storage::data_dir::DataDir;
 use crate::storage::schema::{self, Migrated, Schema};
-use crate::storage::sqlite::{self, Database, PoolSettings, Turn, run_blocking};
-use crate::storage::staging::Staging;
+use crate::storage::sqlite::{self, Database, PoolSettings, Step, Turn, run_blocking};
+use crate::storage::staging::{StagedFile, Staging};
+use crate::tenant::snapshot::FileSummary;
 use crate::weak_map::WeakMap;
 
 #[derive(Clone)]
@@ -299,15 +300,43 @@ impl Registry {
         }
         // Open → Closing happened after the lookup, or the tenant is
         // Closed: wait for an operation holding the file, then find or open
-        // the tenant through the door.
+        // the tenant through the door. A database of the tenant still
+        // closing has the file open, and its connection owns it: its closer
+        // is let finish first (it passes the door before it closes).
+        // If the file is still locked (a database of the tenant began to
+        // close after that wait), the door is let go, so that its closer
+        // can pass it, and the open is tried again.
         let shared = self.shared(tenant).await;
-        let door = shared.slot.door.read().await;
-        let database = self.open_under(tenant, &shared).await?;
-        let turn = K::take(&database)
-            .await
-            .map_err(|_| closed_under_gate(tenant))?;
-        drop(door);
-        Ok((database, turn))
+        let mut tries = 0;
+        loop {
+            shared.slot.closers_done().await;
+            let door = shared.slot.door.read().await;
+            let database = match self.open_under(tenant, &shared).await {
+                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => {
+                    tries += 1;
+                    continue;
+                }
+                opened => opened.map_err(|error| self.locked_fault(tenant, error))?,
+            };
+            let turn = K::take(&database)
+                .await
+                .map_err(|_| closed_under_gate(tenant))?;
+            drop(door);
+            return Ok((database, turn));
+        }
+    }
+
+    /// The error of a tenant's file found locked however often its open was
+    /// tried: another program has it open.
+    fn locked_fault(&self, tenant: TenantId, error: Error) -> Error {
+        if !is_locked(&error) {
+            return error;
+        }
+        tracing::error!(%tenant, error = %crate::error::error_chain(&error), "a tenant's file is locked by another program");
+        Error::Storage(format!(
+            "tenant {tenant}'s database file is locked by another program (an sqlite3 shell?): \
+             an operator must close it; tenantry alone may open the files of its data directory"
+        ))
     }
 
     /// The open database of an active tenant, opened now if it is not open,
@@ -323,17 +352,68 @@ impl Registry {
             .inner
             .open
             .try_get_with(tenant, async {
-                let (database, migrated) = self
-                    .open_file(tenant)
+                self.database(tenant, &shared.slot, Use::Calls)
                     .await
-                    .map_err(|error| self.storage_fault(tenant, error))?;
-                tracing::debug!(%tenant, ?migrated, "opened tenant database");
-                let database = Arc::new(database);
-                self.claim_file(tenant, &database)?;
-                Ok::<_, Error>(database)
+                    .map(|(database, _)| database)
             })
             .await?;
         Ok(database)
+    }
+
+    /// The database of a tenant's file, for calls (the cache takes it) or
+    /// for a read aside: the one this process has open already, or one
+    /// opened now. A file has one connection, which owns it, so a tenant
+    /// has one database at a time: an admin's read aside shares the cache's,
+    /// and the cache takes over one opened aside when a call needs it. The
+    /// caller holds the tenant's gate shared. Fails as SQLite's
+    /// "database is locked" if a database of the tenant that is still
+    /// closing has the file: see [`is_locked`].
+    async fn database(
+        &self,
+        tenant: TenantId,
+        slot: &Slot,
+        purpose: Use,
+    ) -> Result<(Arc<Database>, Migrated)> {
+        let mut owner = slot.file.lock().await;
+        let latest = self.inner.schema.latest();
+        let unchanged = Migrated {
+            from: latest,
+            to: latest,
+        };
+        if purpose == Use::Aside
+            && let Some(database) = self.inner.open.get(&tenant).await
+        {
+            return Ok((database, unchanged));
+        }
+        if let Some(database) = owner.database.upgrade().filter(|d| slot.is_live(d)) {
+            owner.for_calls |= purpose == Use::Calls;
+            return Ok((database, unchanged));
+        }
+        let (database, migrated) = self
+            .open_file(tenant, purpose)
+            .await
+            .map_err(|error| self.storage_fault(tenant, error))?;
+        tracing::debug!(%tenant, ?migrated, ?purpose, "opened tenant database");
+        let database = Arc::new(database);
+        self.claim_file(tenant, &database)?;
+        *owner = FileOwner {
+            database: Arc::downgrade(&database),
+            for_calls: purpose == Use::Calls,
+        };
+        Ok((database, migrated))
+    }
+
+    /// Lets go of a database taken for a read aside: closed once its last
+    /// reader is done, unless calls have taken it over meanwhile.
+    async fn release_aside(&self, slot: &Slot, database: Arc<Database>) {
+        let owner = slot.file.lock().await;
+        let ours = std::ptr::eq(owner.database.as_ptr(), Arc::as_ptr(&database));
+        if ours && !owner.for_calls && Arc::strong_count(&database) == 1 {
+            // Under the lock: nothing takes it, or opens the file, meanwhile.
+            database.retire().await;
+        }
+        drop(database);
+        drop(owner);
     }
 
     /// Records which file `database` has open, and refuses it if another
@@ -360,7 +440,11 @@ impl Registry {
     /// Opens a tenant's file and migrates it if needed, recording its new
     /// version. Admission has already found the tenant active; a failure is
     /// explained by [`explain_failed_open`].
-    async fn open_file(&self, tenant: TenantId) -> Result<(Database, Migrated)> {
+    async fn open_file(&self, tenant: TenantId, purpose: Use) -> Result<(Database, Migrated)> {
+        if purpose == Use::Aside {
+            crate::deadline::check(crate::deadline::current().as_deref())?;
+            self.inner.aside_reads.fetch_add(1, Ordering::Relaxed);
+        }
         let path = self.inner.data_dir.tenant_file(tenant);
         let pool = self.inner.pool.clone();
         let catalog = self.inner.catalog.clone();
@@ -374,11 +458,19 @@ impl Registry {
                     record_version(&catalog, tenant, migrated)?;
                     Ok((database, migrated))
                 }
-                Err(error) => Err(explain_failed_open(&catalog, tenant, error, false)?),
+                Err(error) if is_locked(&error) => Err(error),
+                Err(error) => Err(explain_failed_open(
+                    &catalog,
+                    tenant,
+                    error,
+                    purpose == Use::Aside,
+                )?),
             }
         })
         .await;
-        self.inner.opens.fetch_add(1, Ordering::Relaxed);
+        if purpose == Use::Calls {
+            self.inner.opens.fetch_add(1, Ordering::Relaxed);
+        }
         let metrics = &self.inner.metrics;
         metrics
             .tenant_open_duration
@@ -396,68 +488,189 @@ impl Registry {
         opened
     }
 
-    /// Runs `f` on a tenant's data without opening the tenant here: on its
-    /// database if it is open, or else on a connection of its own, opened
-    /// for this read (migrating an old file first, as an open would) and
-    /// closed after it, which leaves the tenant one file again. Admin views
-    /// across tenants read this way, so that reading a thousand idle tenants
-    /// does not push the busy ones out of the cache. The tenant may be
-    /// suspended; the caller decides whether that matters. The call's
-    /// deadline ([`crate::deadline::current`]) is checked before the file is
-    /// opened.
+    /// Runs `f` on a tenant's data without opening the tenant in the cache:
+    /// on its database if it is open, or else on one opened for this read
+    /// (migrating an old file first, as any open does) and closed after it,
+    /// which leaves the tenant one file again. Admin views across tenants
+    /// read this way, so that reading a thousand idle tenants does not push
+    /// the busy ones out of the cache; a call that needs the tenant
+    /// meanwhile takes the same database over. The tenant may be suspended;
+    /// the caller decides whether that matters. The call's deadline
+    /// ([`crate::deadline::current`]) is checked before a file is opened.
     pub async fn read_aside<T, F>(&self, tenant: TenantId, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        if let Some(database) = self.inner.open.get(&tenant).await
-            && let Ok(turn) = database.read_turn().await
-        {
-            let result = database.read_in(turn, f).await;
-            return self.checked(tenant, result).await;
-        }
-        let _shared = self.shared(tenant).await;
-        // A database opened meanwhile serves the read; if it is closing
-        // already, the read opens a connection of its own, as for a closed
-        // tenant (the gate keeps the file in place either way).
-        if let Some(database) = self.inner.open.get(&tenant).await
-            && let Ok(turn) = database.read_turn().await
-        {
-            let result = database.read_in(turn, f).await;
-            return self.checked(tenant, result).await;
-        }
-        let path = self.inner.data_dir.tenant_file(tenant);
-        let pool = self.inner.pool.clone();
-        let catalog = self.inner.catalog.clone();
-        let schema = self.inner.schema;
-        let deadline = crate::deadline::current();
-        self.inner.aside_reads.fetch_add(1, Ordering::Relaxed);
-        let result = run_blocking(move || {
-            crate::deadline::check(deadline.as_deref())?;
-            let opened = check_file(tenant, &path).and_then(|()| {
-                let mut conn = sqlite::open_connection(&path, &pool)?;
-                let migrated = prepare(&mut conn, schema, tenant)?;
-                Ok((conn, migrated))
-            });
-            let conn = match opened {
-                Ok((conn, migrated)) => {
-                    record_version(&catalog, tenant, migrated)?;
-                    conn
-                }
-                Err(error) => return Err(explain_failed_open(&catalog, tenant, error, true)?),
-            };
-            conn.pragma_update(None, "query_only", true)
-                .map_err(|e| Error::internal(format!("reading tenant {tenant}"), e))?;
-            let value = f(&conn);
-            // Closing the last connection checkpoints the file; an error
-            // here changes nothing that was read.
-            if let Err((_, error)) = conn.close() {
-                tracing::warn!(%tenant, %error, "closing a tenant read aside");
+        let mut f = Some(f);
+        let (value, _) = self
+            .read_aside_in_steps(tenant, None, move |conn, value: &mut Option<T>| {
+                let f = f.take().expect("a read of one step runs once");
+                *value = Some(f(conn)?);
+                Ok(Step::Done)
+            })
+            .await?;
+        Ok(value.expect("a read's one step ran"))
+    }
+
+    /// [`Registry::read_aside`] of a read made in steps, each given the
+    /// state the last one left, until one is [`Step::Done`]. Each step takes
+    /// a turn of its own on the tenant's database, so a long read (a search
+    /// of a big tenant) never keeps the tenant's calls waiting for more than
+    /// a step. Returns the last state and the step function.
+    pub async fn read_aside_in_steps<S, F>(
+        &self,
+        tenant: TenantId,
+        state: S,
+        step: F,
+    ) -> Result<(S, F)>
+    where
+        S: Send + 'static,
+        F: FnMut(&Connection, &mut S) -> Result<Step> + Send + 'static,
+    {
+        let mut carried = (state, step);
+        if let Some(database) = self.inner.open.get(&tenant).await {
+            match self.steps_on(tenant, &database, carried).await {
+                Stepped::Done(result) => return result,
+                Stepped::Closed(back) => carried = back,
             }
-            value
-        })
-        .await;
-        result.map_err(|error| self.storage_fault(tenant, error))
+        }
+        let shared = self.shared(tenant).await;
+        let mut tries = 0;
+        loop {
+            shared.slot.closers_done().await;
+            let database = match self.database(tenant, &shared.slot, Use::Aside).await {
+                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => {
+                    tries += 1;
+                    continue;
+                }
+                Err(error) => return Err(self.locked_fault(tenant, error)),
+                Ok((database, _)) => database,
+            };
+            let stepped = self.steps_on(tenant, &database, carried).await;
+            self.release_aside(&shared.slot, database).await;
+            match stepped {
+                Stepped::Done(result) => return result,
+                Stepped::Closed(back) => carried = back,
+            }
+        }
+    }
+
+    /// The steps of a read on a database, each in a turn of its own; handed
+    /// back if the database closes before the first one ran.
+    async fn steps_on<S, F>(
+        &self,
+        tenant: TenantId,
+        database: &Arc<Database>,
+        carried: (S, F),
+    ) -> Stepped<S, F>
+    where
+        S: Send + 'static,
+        F: FnMut(&Connection, &mut S) -> Result<Step> + Send + 'static,
+    {
+        let mut carried = carried;
+        let mut first = true;
+        loop {
+            let turn = match database.read_turn().await {
+                Ok(turn) => turn,
+                Err(_) if first => return Stepped::Closed(carried),
+                Err(_) => {
+                    return Stepped::Done(Err(Error::Unavailable(format!(
+                        "tenant {tenant}'s database was closed during a long read: retry the call"
+                    ))));
+                }
+            };
+            first = false;
+            let (mut state, mut step) = carried;
+            let ran = database
+                .read_in(turn, move |conn| {
+                    let next = step(conn, &mut state)?;
+                    Ok((next, state, step))
+                })
+                .await;
+            match self.checked(tenant, ran).await {
+                Ok((Step::Done, state, step)) => return Stepped::Done(Ok((state, step))),
+                Ok((Step::More, state, step)) => carried = (state, step),
+                Err(error) => return Stepped::Done(Err(error)),
+            }
+        }
+    }
+
+    /// Brings a tenant's file to the current schema without opening the
+    /// tenant in the cache, as [`Registry::read_aside`] reads it: an open
+    /// migrates, and an open tenant was brought up to date when it opened.
+    pub async fn migrate_aside(&self, tenant: TenantId) -> Result<Migrated> {
+        let shared = self.shared(tenant).await;
+        let mut tries = 0;
+        loop {
+            shared.slot.closers_done().await;
+            match self.database(tenant, &shared.slot, Use::Aside).await {
+                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => tries += 1,
+                Err(error) => return Err(self.locked_fault(tenant, error)),
+                Ok((database, migrated)) => {
+                    self.release_aside(&shared.slot, database).await;
+                    return Ok(migrated);
+                }
+            }
+        }
+    }
+
+    /// A consistent snapshot of a tenant's data, copied into the staging
+    /// folder from its database while the tenant serves (see
+    /// [`crate::tenant::snapshot::take`]), opened aside if it is not open.
+    /// The tenant's gate is held meanwhile, so no restore or delete replaces
+    /// the file during the copy.
+    pub async fn snapshot(
+        &self,
+        tenant: TenantId,
+        what: &str,
+    ) -> Result<(StagedFile, FileSummary)> {
+        let shared = self.shared(tenant).await;
+        let mut tries = 0;
+        loop {
+            shared.slot.closers_done().await;
+            let database = match self.database(tenant, &shared.slot, Use::Aside).await {
+                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => {
+                    tries += 1;
+                    continue;
+                }
+                Err(error) => return Err(self.locked_fault(tenant, error)),
+                Ok((database, _)) => database,
+            };
+            let taken = crate::tenant::snapshot::take(&database, &self.inner.staging, what).await;
+            self.release_aside(&shared.slot, database).await;
+            match taken {
+                Ok(taken) => return taken.map_err(|error| self.storage_fault(tenant, error)),
+                // Closed before the copy began: find or open it again.
+                Err(sqlite::Retired) => continue,
+            }
+        }
+    }
+
+    /// Runs `step` on an active tenant's database in turns of its own until
+    /// it is [`Step::Done`], for the tenant's own calls: a long read (a big
+    /// page of a list) lets the tenant's other calls run between its steps.
+    pub async fn read_in_steps<S, F>(&self, tenant: TenantId, state: S, step: F) -> Result<S>
+    where
+        S: Send + 'static,
+        F: FnMut(&Connection, &mut S) -> Result<Step> + Send + 'static,
+    {
+        self.touch(tenant);
+        let mut carried = (state, step);
+        loop {
+            let (database, turn) = self.turn(tenant).await?;
+            let (mut state, mut step) = carried;
+            let ran = database
+                .read_bounded_in(turn, move |conn| {
+                    let next = step(conn, &mut state)?;
+                    Ok((next, state, step))
+                })
+                .await;
+            match self.checked(tenant, ran).await? {
+                (Step::Done, state, _) => return Ok(state),
+                (Step::More, state, step) => carried = (state, step),
+            }
+        }
     }
 
     /// Notes a call to a tenant's data now. A call costs a map insert, not
@@ -503,8 +716,8 @@ impl Registry {
         Ok(batch.len())
     }
 
-    /// How many reads [`Registry::read_aside`] made on a connection of
-    /// their own since start.
+    /// How many times a tenant's file was opened for reads aside (or an
+    /// eager migration, or a snapshot), outside the cache, since start.
     pub fn aside_reads(&self) -> u64 {
         self.inner.aside_reads.load(Ordering::Relaxed)
     }
@@ -642,7 +855,8 @@ impl Registry {
         }
     }
 
-    /// How many times a tenant database has been opened since start.
+    /// How many times a tenant database has been opened for calls (in the
+    /// cache) since start.
     pub fn opens(&self) -> u64 {
         self.inner.opens.load(Ordering::Relaxed)
     }
@@ -771,6 +985,13 @@ fn closed_under_gate(tenant: TenantId) -> Error {
 /// The tenant whose database has a file open, and that database.
 type OpenFile = (TenantId, std::sync::Weak<Database>);
 
+/// How the steps of a read on an open database went: done (or failed), or
+/// handed back because the database closed before the first step.
+enum Stepped<S, F> {
+    Done(Result<(S, F)>),
+    Closed((S, F)),
+}
+
 /// What the registry keeps of a tenant while anything uses it: its gate,
 /// and its databases that left the cache but are still closing. Made on
 /// demand and forgotten once nobody holds it.
@@ -786,6 +1007,38 @@ struct Slot {
     held: std::sync::atomic::AtomicBool,
     /// Calls opening the tenant now ([`Stage::Opening`]).
     opening: std::sync::atomic::AtomicUsize,
+    /// The tenant's database last opened here: see [`Registry::database`].
+    file: tokio::sync::Mutex<FileOwner>,
+}
+
+/// The database that opened a tenant's file here last, if it is still open,
+/// and whether the cache has it (else it was opened for reads aside, and is
+/// closed when they are done). A slot lives while anyone holds it, which
+/// those reads do; the cache's database is found in the cache.
+#[derive(Default)]
+struct FileOwner {
+    database: std::sync::Weak<Database>,
+    for_calls: bool,
+}
+
+/// What a tenant's database is opened for: the tenant's calls (it goes in
+/// the cache), or an admin's read aside (it does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    Calls,
+    Aside,
+}
+
+/// Opens of a tenant's file that found it locked, tried again (each waits
+/// up to [`sqlite::OWNER_LOCK_WAIT`] in SQLite) before the call fails.
+const LOCKED_TRIES: u32 = 50;
+
+/// Whether `error` is SQLite's "database is locked": another connection has
+/// the file, which a connection that owns its file waits for only briefly.
+fn is_locked(error: &Error) -> bool {
+    error
+        .sqlite_code()
+        .is_some_and(|code| code.code == rusqlite::ffi::ErrorCode::DatabaseBusy)
 }
 
 /// Counts a call as opening its tenant while it lives.
@@ -811,7 +1064,23 @@ impl Slot {
             .expect("the closing list is never poisoned")
     }
 
-    /// Waits until every database of the tenant that was closing is closed.
+    /// Whether `database` still serves: not closed, nor closing.
+    fn is_live(&self, database: &Arc<Database>) -> bool {
+        !database.is_retired() && !self.closing().iter().any(|c| Arc::ptr_eq(c, database))
+    }
+
+    /// Waits until every database of the tenant that was closing has been
+    /// closed by its closer. It closes none itself: a closer first lets the
+    /// calls that found its database through the door take their turn.
+    async fn closers_done(&self) {
+        let closing: Vec<Arc<Database>> = self.closing().clone();
+        for database in closing {
+            database.closed().await;
+        }
+    }
+
+    /// Closes every database of the tenant that was closing, and waits for
+    /// them: for a holder of the gate, under which nobody is at the door.
     async fn closed(&self) {
         let closing: Vec<Arc<Database>> = self.closing().clone();
         for database in closing {

@@ -1,11 +1,13 @@
 //! Snapshots of tenant databases, and the checks a file must pass before it
 //! may become a tenant's data.
 //!
-//! A snapshot is made with `VACUUM INTO` on its own connection: it reads the
-//! database in one read transaction, so it holds exactly the commits made
-//! before it began, while writers go on in the WAL. The result is switched to
-//! the rollback journal, so it is one self-contained file that opens with the
-//! `sqlite3` shell, even read-only.
+//! A snapshot is a copy of the tenant's file made while the file is still
+//! ([`Database::with_still_file`]): every commit checkpointed into it, and no
+//! checkpoint until the copy is done, while calls go on writing to the WAL.
+//! So it holds exactly the commits made before it began, and the copy never
+//! holds the tenant's connection. The copy is then switched to the rollback
+//! journal, so it is one self-contained file that opens with the `sqlite3`
+//! shell, even read-only.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
 use crate::storage::schema::{self, Migrated, Schema};
-use crate::storage::sqlite::EXISTING;
+use crate::storage::sqlite::{Database, EXISTING, Retired, run_blocking};
 use crate::storage::staging::{StagedFile, Staging};
 
 /// What a finished snapshot file is.
@@ -30,43 +32,45 @@ pub struct FileSummary {
     pub schema_version: u32,
 }
 
-/// Writes a consistent snapshot of the database at `source` into a new
-/// file of the staging folder, reserving what the snapshot may take there
-/// (the database's size, which `VACUUM INTO` never exceeds), and makes it
-/// durable. Blocking.
-pub fn take(
-    source: &Path,
+/// Copies an open tenant database's file into a new file of the staging
+/// folder (reserving its size there), seals it and makes it durable. The
+/// call's deadline is checked before the copy and after it.
+/// `Err(Retired)` if the database closed before the copy began.
+pub async fn take(
+    database: &Database,
     staging: &Arc<Staging>,
     what: &str,
-) -> Result<(StagedFile, FileSummary)> {
-    let conn = Connection::open_with_flags(source, EXISTING)
-        .context(|| format!("opening {} for a snapshot", source.display()))?;
-    crate::storage::sqlite::defend(&conn, None)
-        .and_then(|()| conn.busy_timeout(std::time::Duration::from_secs(30)))
-        .context(|| format!("opening {} for a snapshot", source.display()))?;
-    let bytes: i64 = conn
-        .query_row(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            [],
-            |row| row.get(0),
-        )
-        .context(|| format!("measuring {}", source.display()))?;
-    let staged = staging.reserve(what, bytes.max(0) as u64)?;
-    let dest = staged.path();
-    let dest_text = dest.to_str().ok_or_else(|| {
-        Error::internal("taking a snapshot", "the data directory path is not UTF-8")
-    })?;
-    conn.execute("VACUUM INTO ?1", [dest_text]).context(|| {
-        format!(
-            "writing a snapshot of {} to {}",
-            source.display(),
-            dest.display()
-        )
-    })?;
-    drop(conn);
-    seal(dest)?;
-    let summary = summarize(dest)?;
-    Ok((staged, summary))
+) -> std::result::Result<Result<(StagedFile, FileSummary)>, Retired> {
+    let deadline = crate::deadline::current();
+    let (staging, what) = (staging.clone(), what.to_owned());
+    let copied = database
+        .with_still_file(move |source| {
+            crate::deadline::check(deadline.as_deref())?;
+            let bytes = std::fs::metadata(source)
+                .context(|| format!("measuring {}", source.display()))?
+                .len();
+            let staged = staging.reserve(&what, bytes)?;
+            std::fs::copy(source, staged.path()).context(|| {
+                format!(
+                    "copying {} to {}",
+                    source.display(),
+                    staged.path().display()
+                )
+            })?;
+            crate::deadline::check(deadline.as_deref())?;
+            Ok(staged)
+        })
+        .await?;
+    let staged = match copied {
+        Ok(staged) => staged,
+        Err(error) => return Ok(Err(error)),
+    };
+    Ok(run_blocking(move || {
+        seal(staged.path())?;
+        let summary = summarize(staged.path())?;
+        Ok((staged, summary))
+    })
+    .await)
 }
 
 /// Switches a database file to the rollback journal (no `-wal` to carry

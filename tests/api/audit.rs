@@ -184,6 +184,7 @@ async fn the_writes_trail_is_in_the_tenant_file_and_page_tokens_stay_in_their_tr
             .await
             .unwrap();
     }
+    server.close_tenants().await;
     let conn = rusqlite::Connection::open(server.tenant_file(&acme.id)).unwrap();
     let recorded: i64 = conn
         .query_row(
@@ -193,6 +194,8 @@ async fn the_writes_trail_is_in_the_tenant_file_and_page_tokens_stay_in_their_tr
         )
         .unwrap();
     assert_eq!(recorded, 3, "the trail travels with the tenant's file");
+    // Let go of the file: tenantry alone opens it while it serves.
+    drop(conn);
 
     let mut admin = server.admin().await;
     let page = admin

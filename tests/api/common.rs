@@ -74,6 +74,13 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
+    /// Closes every open tenant, as idle timeouts would: an open tenant's
+    /// file is locked by its connection, and a closed one is one file that
+    /// any program may open.
+    pub async fn close_tenants(&self) {
+        self.registry.close_all().await;
+    }
+
     pub fn tenant_file(&self, tenant_id: &str) -> PathBuf {
         self.data_dir()
             .join("tenants")
@@ -442,11 +449,16 @@ pub async fn all_items(
     }
 }
 
+/// Opens a database file that nothing else has open, as an operator's tool
+/// would: read-write, so that closing it leaves no `-wal` or `-shm` beside it.
+fn open_closed_file(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()))
+}
+
 /// The item titles stored in a database file, read directly, sorted.
 pub fn titles_in_file(path: &Path) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
+    let conn = open_closed_file(path);
     let mut statement = conn
         .prepare("SELECT title FROM items ORDER BY title")
         .unwrap();
@@ -459,9 +471,7 @@ pub fn titles_in_file(path: &Path) -> Vec<String> {
 
 /// `PRAGMA integrity_check` of a database file.
 pub fn integrity(path: &Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("{} opens: {e}", path.display()));
+    let conn = open_closed_file(path);
     conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap()
 }

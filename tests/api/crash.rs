@@ -112,6 +112,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
             "{name}: the half-made file is gone"
         );
         assert_eq!(all_titles(&server, &source).await, ["kept"]);
+        server.close_tenants().await;
         all_files_intact(&server.data_dir());
         server.stop().await;
     }
@@ -175,6 +176,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
         );
         assert_eq!(all_titles(&server, &other).await, ["o1"], "{point}");
         server.tenant("doomed").await;
+        server.close_tenants().await;
         all_files_intact(&server.data_dir());
         // Nothing is left recorded: the new tenant can be deleted at once.
         admin
@@ -236,6 +238,7 @@ async fn a_purge_cut_short_erases_everything_at_start_up() {
         files_under(&server.data_dir().join("backups").join(&other.id)).len(),
         1
     );
+    server.close_tenants().await;
     all_files_intact(&server.data_dir());
 }
 
@@ -289,6 +292,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
             files_under(&server.data_dir().join("staging")).is_empty(),
             "{point}"
         );
+        server.close_tenants().await;
         all_files_intact(&server.data_dir());
         // Nothing is left recorded: another restore works.
         server

@@ -88,6 +88,7 @@ async fn a_write_past_the_quota_is_refused_and_deleting_makes_room() {
     let mut listed = all_titles(&server, &full).await;
     listed.sort();
     assert_eq!(listed, titles);
+    server.close_tenants().await;
     assert_eq!(integrity(&server.tenant_file(&full.id)), "ok");
     // Another tenant is not limited by this one's quota.
     still_works(&server, &other, &other_titles).await;
@@ -299,12 +300,17 @@ async fn a_tenant_file_truncated_while_open_takes_no_more_writes() {
     fill(&server, &acme, "before", 50).await;
     let other = server.tenant("other").await;
     let kept = fill(&server, &other, "kept", 2).await;
-    // Checkpointed into the file, then cut to nothing behind the server.
-    let file = server.tenant_file(&acme.id);
-    rusqlite::Connection::open(&file)
-        .unwrap()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+    // Checkpointed into the file (as a backup does), then cut to nothing
+    // behind the server.
+    server
+        .admin()
+        .await
+        .backup_tenant(crate::common::as_admin(pb::BackupTenantRequest {
+            id: acme.id.clone(),
+        }))
+        .await
         .unwrap();
+    let file = server.tenant_file(&acme.id);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&file)

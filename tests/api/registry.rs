@@ -1,7 +1,11 @@
 //! The registry of open tenants: single flight, and its bound.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tenantry::ids::TenantId;
 use tenantry::pb::{GetItemRequest, ListItemsRequest};
+use tenantry::storage::sqlite::Step;
 use tenantry::tenant::Stage;
 use tonic::Code;
 
@@ -196,28 +200,66 @@ async fn blocked_read(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_after_an_eviction_does_not_wait_for_a_long_reader_of_the_file() {
-    // A read aside (what a search or a usage view makes of a closed tenant;
-    // a backup, a clone or an eager migration holds the file the same way)
-    // keeps the tenant's file in place while it runs; a database of the
-    // tenant that opens and closes meanwhile does not wait for it.
+async fn a_long_read_aside_lets_the_tenant_s_calls_run_between_its_steps() {
+    // A read aside of a closed tenant (what a search or a usage view makes)
+    // opens its file outside the cache and reads in steps, each in a turn on
+    // the tenant's one connection. A call that arrives meanwhile takes that
+    // database over instead of opening the file again, and is answered
+    // between two steps, long before the read is done.
     let server = spawn_with(|_| {}).await;
     let acme = server.tenant("acme").await;
     let id = TenantId::parse("id", &acme.id).unwrap();
     let registry = server.registry.clone();
-    let mut items = server.items().await;
     assert_eq!(registry.stage(id).await, Stage::Closed);
-    let (aside, release) = blocked_read(&registry, id).await;
-    let list = || acme.call(ListItemsRequest::default());
-    items.list_items(list()).await.unwrap();
-    registry.evict(id).await;
-    let answered =
-        tokio::time::timeout(std::time::Duration::from_secs(10), items.list_items(list())).await;
-    release.send(()).unwrap();
-    aside.await.unwrap().unwrap();
-    answered
-        .expect("the call after the eviction is answered while the reader runs")
-        .unwrap();
+    const STEPS: usize = 1000;
+    let (started, first_step) = tokio::sync::oneshot::channel();
+    let mut started = Some(started);
+    let read_done = Arc::new(AtomicBool::new(false));
+    let read = tokio::spawn({
+        let (registry, read_done) = (registry.clone(), read_done.clone());
+        async move {
+            let read = registry
+                .read_aside_in_steps(id, 0, move |_, steps: &mut usize| {
+                    if let Some(started) = started.take() {
+                        started.send(()).unwrap();
+                    }
+                    // A millisecond of work a step, as a step of a search
+                    // of a big tenant takes.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    *steps += 1;
+                    Ok(if *steps == STEPS {
+                        Step::Done
+                    } else {
+                        Step::More
+                    })
+                })
+                .await;
+            read_done.store(true, Ordering::SeqCst);
+            read.map(|(steps, _)| steps)
+        }
+    });
+    first_step.await.unwrap();
+    let opens = registry.opens();
+    let mut items = server.items().await;
+    items
+        .list_items(acme.call(ListItemsRequest::default()))
+        .await
+        .expect("the call is answered");
+    assert!(
+        !read_done.load(Ordering::SeqCst),
+        "the call was answered between the read's steps, not after them"
+    );
+    assert_eq!(
+        registry.opens(),
+        opens,
+        "the call took over the database read aside"
+    );
+    assert_eq!(read.await.unwrap().expect("the read ends well"), STEPS);
+    assert_eq!(
+        registry.stage(id).await,
+        Stage::Open,
+        "the cache keeps the database the read opened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

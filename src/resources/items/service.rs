@@ -119,13 +119,12 @@ impl ItemService for ItemApi {
         let after = pagination::decode_with(&scope, &query.page_token, |bytes| {
             Cursor::from_bytes(&bytes)
         })?;
-        let completed = query.completed;
+        let listing = items::Listing::new(query.completed, after, page_size + 1);
         let mut page = self
             .registry
-            .read(tenant.id, move |conn| {
-                items::list(conn, completed, after, page_size + 1)
-            })
-            .await?;
+            .read_in_steps(tenant.id, listing, |conn, listing| listing.step(conn))
+            .await?
+            .items;
         let next_page_token = pagination::cut_page(&mut page, page_size, &scope, |last| {
             Cursor {
                 create_time: last.create_time,

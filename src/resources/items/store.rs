@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::clock::{Micros, now_micros};
 use crate::error::{Context, Error, Result};
 pub use crate::pagination::Cursor;
+use crate::storage::sqlite::Step;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
@@ -196,38 +197,145 @@ pub fn list(
     Ok(rows)
 }
 
+/// Rows a step of a [`Listing`] reads at most.
+const LIST_STEP_ROWS: usize = 128;
+/// Items a step of a [`Search`] looks at, at most: about a millisecond.
+const SEARCH_STEP_ROWS: i64 = 2048;
+
+fn cursor_of(item: &Item) -> Cursor {
+    Cursor {
+        create_time: item.create_time,
+        id: item.id,
+    }
+}
+
+/// A page of [`list`] read in steps of at most [`LIST_STEP_ROWS`] rows, so
+/// that a big page never keeps the tenant's other calls waiting for long.
+pub struct Listing {
+    completed: Option<bool>,
+    after: Option<Cursor>,
+    wanted: usize,
+    pub items: Vec<Item>,
+}
+
+impl Listing {
+    /// Up to `wanted` items, newest first, after `after`.
+    pub fn new(completed: Option<bool>, after: Option<Cursor>, wanted: usize) -> Self {
+        Listing {
+            completed,
+            after,
+            wanted,
+            items: Vec::new(),
+        }
+    }
+
+    pub fn step(&mut self, conn: &Connection) -> Result<Step> {
+        let asked = (self.wanted - self.items.len()).min(LIST_STEP_ROWS);
+        let rows = list(conn, self.completed, self.after, asked)?;
+        let exhausted = rows.len() < asked;
+        self.after = rows.last().map(cursor_of).or(self.after);
+        self.items.extend(rows);
+        Ok(match exhausted || self.items.len() >= self.wanted {
+            true => Step::Done,
+            false => Step::More,
+        })
+    }
+}
+
 /// Up to `limit` items whose title contains `text` (ASCII letters in either
 /// case; `%` and `_` are plain characters), newest first, only those whose
 /// `completed` equals the filter when one is given. A search reads every
-/// item of the tenant: titles are not indexed for substrings.
-pub fn search(
-    conn: &Connection,
-    text: &str,
+/// item of the tenant (titles are not indexed for substrings), so it is
+/// made in steps of [`SEARCH_STEP_ROWS`] items.
+pub struct Search {
+    pattern: String,
     completed: Option<bool>,
     limit: usize,
-) -> Result<Vec<Item>> {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
+    after: Option<Cursor>,
+    pub found: Vec<Item>,
+}
+
+impl Search {
+    pub fn new(text: &str, completed: Option<bool>, limit: usize) -> Self {
+        let mut pattern = String::with_capacity(text.len() + 2);
+        pattern.push('%');
+        for c in text.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
         }
-        pattern.push(c);
+        pattern.push('%');
+        Search {
+            pattern,
+            completed,
+            limit,
+            after: None,
+            found: Vec::new(),
+        }
     }
-    pattern.push('%');
-    let sql = format!(
-        "SELECT {COLUMNS} FROM items
-         WHERE title LIKE ?1 ESCAPE '\\' AND (?2 IS NULL OR completed = ?2)
-         ORDER BY create_time DESC, id DESC LIMIT ?3"
-    );
-    let mut statement = conn
-        .prepare_cached(&sql)
-        .context(|| "searching items".into())?;
-    let rows = statement
-        .query_map(params![pattern, completed, limit as i64], item_from_row)
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .context(|| "searching items".into())?;
-    Ok(rows)
+
+    /// Looks at the next items, newest first; done once `limit` are found
+    /// or every item was looked at.
+    pub fn step(&mut self, conn: &Connection) -> Result<Step> {
+        if self.found.len() >= self.limit {
+            return Ok(Step::Done);
+        }
+        let keyset = match self.after {
+            Some(_) => "(create_time, id) < (?3, ?4)",
+            None => "?3 IS NULL AND ?4 IS NULL",
+        };
+        let sql = format!(
+            "SELECT id, create_time,
+                    title LIKE ?1 ESCAPE '\\' AND (?2 IS NULL OR completed = ?2)
+             FROM items WHERE {keyset}
+             ORDER BY create_time DESC, id DESC LIMIT ?5"
+        );
+        let mut statement = conn
+            .prepare_cached(&sql)
+            .context(|| "searching items".into())?;
+        let mut rows = statement
+            .query(params![
+                self.pattern,
+                self.completed,
+                self.after.map(|c| c.create_time),
+                self.after.map(|c| c.id.hyphenated().to_string()),
+                SEARCH_STEP_ROWS
+            ])
+            .context(|| "searching items".into())?;
+        let (mut looked, mut hits) = (0, Vec::new());
+        while let Some(row) = rows.next().context(|| "searching items".into())? {
+            looked += 1;
+            let id = parse_id(row, 0)?;
+            self.after = Some(Cursor {
+                create_time: row.get(1).context(|| "searching items".into())?,
+                id,
+            });
+            if row.get::<_, bool>(2).context(|| "searching items".into())? {
+                hits.push(id);
+            }
+        }
+        drop(rows);
+        for id in hits {
+            if self.found.len() >= self.limit {
+                break;
+            }
+            if let Some(item) = get(conn, id)? {
+                self.found.push(item);
+            }
+        }
+        Ok(
+            match looked < SEARCH_STEP_ROWS || self.found.len() >= self.limit {
+                true => Step::Done,
+                false => Step::More,
+            },
+        )
+    }
+}
+
+fn parse_id(row: &Row<'_>, index: usize) -> Result<Uuid> {
+    let text: String = row.get(index).context(|| "reading an item id".into())?;
+    Uuid::try_parse(&text).map_err(|e| Error::internal("reading an item id", e))
 }
 
 /// Applies `changes` to an item. With `expected_etag`, the update happens
