@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::catalog::Catalog;
 use crate::clock::{Micros, now_micros};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::ids::TenantId;
 use crate::storage::schema::{Migration, Part, Released, Schema, check_table};
 
@@ -25,11 +25,13 @@ pub static TRAIL: Part = Part {
     name: "audit trail of writes",
     collection: "audit_events",
     writes: &[],
-    migrations: &[Released {
-        version: 3,
-        migration: Migration {
-            description: "audit trail of writes",
-            sql: "
+    migrations: &[
+        Released {
+            version: 3,
+            migration: Migration {
+                description: "audit trail of writes",
+                after: None,
+                sql: "
         -- Every write to this tenant's data, in the same transaction as the
         -- write, so that the trail travels with the tenant's file.
         CREATE TABLE audit_events (
@@ -43,8 +45,40 @@ pub static TRAIL: Part = Part {
         ) STRICT;
         CREATE INDEX audit_events_time ON audit_events (time);
     ",
+            },
         },
-    }],
+        Released {
+            version: 5,
+            migration: Migration {
+                description: "audit trail keyed by time",
+                after: None,
+                sql: "
+        -- An event's id is its time, in microseconds, unique in the file
+        -- (an event in the same microsecond as the one before it takes the
+        -- next one): the table is in time order, and needs no index for it,
+        -- so that recording a write touches one page.
+        CREATE TABLE audit_by_time (
+            id      INTEGER PRIMARY KEY,
+            time    INTEGER NOT NULL CHECK (time = id),
+            action  TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            actor   TEXT NOT NULL
+        ) STRICT;
+        -- In time order, each event at its own time, or the next free
+        -- microsecond after the event before it.
+        INSERT INTO audit_by_time
+            SELECT at, at, action, item_id, actor FROM (
+                SELECT action, item_id, actor,
+                       n + max(time - n) OVER (ORDER BY time, id) AS at
+                FROM (SELECT *, row_number() OVER (ORDER BY time, id) AS n FROM audit_events)
+            );
+        DROP TABLE audit_events;
+        ALTER TABLE audit_by_time RENAME TO audit_events;
+    ",
+            },
+        },
+    ],
+    optional_indexes: &[],
     check_rows: check_trail,
 };
 
@@ -53,19 +87,22 @@ pub static TRAIL: Part = Part {
 /// of what it wrote, and an actor that is the admin or an API key.
 fn check_trail(
     conn: &Connection,
-    _version: u32,
+    version: u32,
     schema: &Schema,
 ) -> std::result::Result<(), String> {
     let oversized = "SELECT count(*) FROM audit_events
         WHERE octet_length(action) > 16 OR octet_length(item_id) <> 36 OR octet_length(actor) > 64";
-    let select = "SELECT time, action, item_id, actor FROM audit_events";
+    let select = "SELECT time, action, item_id, actor, id FROM audit_events";
+    let keyed_by_time = version >= 5;
     check_table(conn, "audit events", oversized, select, |row| {
         let actor: String = row.get(3)?;
         let actor_ok = actor == "admin"
             || actor
                 .strip_prefix("keys/")
                 .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
-        let valid = crate::clock::is_valid(row.get(0)?)
+        let time: i64 = row.get(0)?;
+        let valid = crate::clock::is_valid(time)
+            && (!keyed_by_time || row.get::<_, i64>(4)? == time)
             && schema.writer_of(&row.get::<_, String>(1)?).is_some()
             && crate::ids::parse_canonical_uuid("item_id", &row.get::<_, String>(2)?).is_ok()
             && actor_ok;
@@ -256,18 +293,27 @@ pub async fn record_admin_call(catalog: &Catalog, call: AdminCall) {
     }
 }
 
-/// Records a write to a tenant's data, in the write's own transaction.
+/// Records a write to a tenant's data, in the write's own transaction, at
+/// the next free microsecond of the trail from now on (its id and its time).
 pub fn record_write(tx: &Transaction<'_>, action: &str, item: Uuid, actor: &str) -> Result<()> {
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT max(id) FROM audit_events")
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .context(|| format!("recording {action} in the audit trail"))?;
+    let time = last.map_or(now_micros(), |last| {
+        now_micros().max(last.saturating_add(1))
+    });
+    if !crate::clock::is_valid(time) {
+        return Err(Error::FailedPrecondition(format!(
+            "the tenant's audit trail ends at the last time it can record: {action} is not \
+             recorded, and so not done"
+        )));
+    }
     tx.prepare_cached(
-        "INSERT INTO audit_events (time, action, item_id, actor) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO audit_events (id, time, action, item_id, actor) VALUES (?1, ?1, ?2, ?3, ?4)",
     )
     .and_then(|mut statement| {
-        statement.execute(params![
-            now_micros(),
-            action,
-            item.hyphenated().to_string(),
-            actor
-        ])
+        statement.execute(params![time, action, item.hyphenated().to_string(), actor])
     })
     .context(|| format!("recording {action} in the audit trail"))?;
     Ok(())
@@ -282,14 +328,21 @@ pub fn list_writes(
     after: Position,
     limit: usize,
 ) -> Result<Vec<Event>> {
+    // An event's id is its time: the events after the position are those
+    // below one id, which the table's key finds without a scan.
     let (time, id) = after.bound_for(Source::Tenant);
+    let below = if id > time {
+        time.saturating_add(1)
+    } else {
+        time
+    };
     conn.prepare_cached(
         "SELECT id, time, action, item_id, actor FROM audit_events
-         WHERE (time, id) < (?1, ?2) ORDER BY time DESC, id DESC LIMIT ?3",
+         WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
     )
     .and_then(|mut statement| {
         statement
-            .query_map(params![time, id, limit as i64], |row| {
+            .query_map(params![below, limit as i64], |row| {
                 Ok(Event {
                     id: row.get(0)?,
                     source: Source::Tenant,

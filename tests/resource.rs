@@ -89,7 +89,11 @@ async fn notes_live_in_the_tenant_s_file_at_the_version_after_the_served_resourc
     let mut client = notes(&server).await;
     let note = create(&mut client, &acme, "in the file").await;
     let schema = tenantry::resources::tenant_schema();
-    assert_eq!(schema.latest(), 4, "items 1-2, the trail 3, notes 4");
+    assert_eq!(
+        schema.latest(),
+        6,
+        "items 1, 2 and 4, the trail 3 and 5, notes 6"
+    );
     let dir = server.stop().await;
     let file = dir
         .path()
@@ -100,7 +104,7 @@ async fn notes_live_in_the_tenant_s_file_at_the_version_after_the_served_resourc
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 6);
     let body: String = conn
         .query_row("SELECT body FROM notes WHERE id = ?1", [&note.id], |row| {
             row.get(0)

@@ -6,6 +6,7 @@ use crate::storage::schema::Migration;
 pub const CATALOG: &[Migration] = &[
     Migration {
     description: "tenants, api keys and the admin audit trail",
+    after: None,
     sql: "
         CREATE TABLE tenants (
             id             TEXT PRIMARY KEY,
@@ -43,6 +44,7 @@ pub const CATALOG: &[Migration] = &[
 },
     Migration {
         description: "tenant operations in progress",
+        after: None,
         sql: "
         -- A lifecycle operation that moves files (delete, purge, restore),
         -- recorded before its first step and removed after its last, so that
@@ -63,6 +65,7 @@ pub const CATALOG: &[Migration] = &[
     },
     Migration {
         description: "admin audit trail by tenant",
+        after: None,
         sql: "
         -- The tenant an admin event concerns, for ListAuditEvents by tenant.
         ALTER TABLE admin_audit ADD COLUMN tenant_id TEXT;
@@ -76,6 +79,7 @@ pub const CATALOG: &[Migration] = &[
     },
     Migration {
         description: "tenant last access, audit detail",
+        after: None,
         sql: "
         -- The last item call for the tenant (microseconds since the epoch),
         -- written in batches, not once per call; NULL if it never had one.
@@ -87,6 +91,7 @@ pub const CATALOG: &[Migration] = &[
     },
     Migration {
         description: "lifecycle operations with their outcomes; backups made",
+        after: None,
         sql: "
         -- Every lifecycle operation on a tenant's files (create, delete,
         -- purge, restore): recorded once it holds the tenant, run to its end

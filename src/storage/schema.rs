@@ -15,6 +15,9 @@ use crate::error::{Context, Error, Result};
 pub struct Migration {
     pub description: &'static str,
     pub sql: &'static str,
+    /// Runs after `sql`, in its transaction: for what depends on the data
+    /// the file holds (see [`Part::optional_indexes`]).
+    pub after: Option<fn(&Connection) -> rusqlite::Result<()>>,
 }
 
 /// A migration with the schema version it brings a database to.
@@ -34,12 +37,25 @@ pub struct Part {
     pub collection: &'static str,
     /// The actions its writes record in the tenant's audit trail.
     pub writes: &'static [&'static str],
+    /// Indexes a file may have beyond its version's own schema, all of them
+    /// or none: a migration keeps them where the file's data needs them.
+    pub optional_indexes: &'static [OptionalIndex],
     /// Checks that every row it holds in a file from outside, at `version`
     /// (at least the version of its first migration), is one the API could
     /// have written; reads sizes before values, so that nothing oversized is
     /// loaded. `Err` says what is wrong, to be told to whoever sent the
     /// file ("item ... is not one the API could have stored").
     pub check_rows: fn(&Connection, u32, &Schema) -> std::result::Result<(), String>,
+}
+
+/// An index that a migration made at `since` adds to the files whose data
+/// needs it, and only to those.
+pub struct OptionalIndex {
+    pub since: u32,
+    pub name: &'static str,
+    pub table: &'static str,
+    /// Its `CREATE INDEX` statement, as `sqlite_schema` keeps it.
+    pub sql: &'static str,
 }
 
 /// The tenant database's schema: its parts, and their migrations in
@@ -97,6 +113,30 @@ impl Schema {
             .find(|part| part.writes.contains(&action))
     }
 
+    /// The sets of optional indexes a file at `version` may have, each as
+    /// `sqlite_schema` rows (type, name, table, SQL): a file has all of a
+    /// set or none of it.
+    pub fn optional_indexes(&self, version: u32) -> Vec<Vec<[Option<String>; 4]>> {
+        self.parts
+            .iter()
+            .map(|part| {
+                part.optional_indexes
+                    .iter()
+                    .filter(|index| index.since <= version)
+                    .map(|index| {
+                        [
+                            Some("index".to_owned()),
+                            Some(index.name.to_owned()),
+                            Some(index.table.to_owned()),
+                            Some(index.sql.to_owned()),
+                        ]
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|set| !set.is_empty())
+            .collect()
+    }
+
     /// Checks the rows of every part a file at `version` has.
     pub fn check_rows(&self, conn: &Connection, version: u32) -> std::result::Result<(), String> {
         for part in &self.parts {
@@ -144,6 +184,7 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration], what: &str) -> R
             continue;
         }
         tx.execute_batch(migration.sql)
+            .and_then(|()| migration.after.map_or(Ok(()), |after| after(&tx)))
             .context(|| format!("migration {to} ({}) of {what}", migration.description))?;
         tx.pragma_update(None, "user_version", to)
             .context(|| format!("recording schema version {to} of {what}"))?;
@@ -196,6 +237,7 @@ mod tests {
             migrations,
             collection: name,
             writes: &[],
+            optional_indexes: &[],
             check_rows: no_rows,
         }
     }
@@ -206,6 +248,7 @@ mod tests {
             migration: Migration {
                 description,
                 sql: "",
+                after: None,
             },
         }
     }
@@ -237,10 +280,12 @@ mod tests {
     const TWO: &[Migration] = &[
         Migration {
             description: "t",
+            after: None,
             sql: "CREATE TABLE t (a INTEGER);",
         },
         Migration {
             description: "t.b",
+            after: None,
             sql: "ALTER TABLE t ADD COLUMN b TEXT;",
         },
     ];
@@ -278,10 +323,12 @@ mod tests {
         let broken = [
             Migration {
                 description: "t",
+                after: None,
                 sql: "CREATE TABLE t (a INTEGER);",
             },
             Migration {
                 description: "bad",
+                after: None,
                 sql: "CREATE TABLE u (a); SELECT nonsense FROM nowhere;",
             },
         ];

@@ -16,6 +16,7 @@ mod hostile;
 mod isolation;
 mod items;
 mod killloop;
+mod layout;
 mod lifecycle;
 mod limits;
 mod logs;

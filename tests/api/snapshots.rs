@@ -68,6 +68,10 @@ fn crafted(dir: &Path, name: &str, good: &[u8], sql: &str) -> Vec<u8> {
 }
 
 const ITEM_COLUMNS: &str = "id, title, description, completed, create_time, update_time, revision";
+/// An id after every real one, and a creation time after theirs: a crafted
+/// row that breaks nothing but what its case breaks.
+const LAST_ID: &str = "unhex('ffffffffffff7fffbfffffffffffffff')";
+const LATE: i64 = 4_102_444_800_000_000;
 
 #[tokio::test]
 async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
@@ -129,8 +133,8 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 dir,
                 "unique.db",
                 &good,
-                "DROP INDEX items_newest;
-                 CREATE UNIQUE INDEX items_newest ON items (create_time DESC, id DESC)",
+                "DROP INDEX items_completed;
+                 CREATE UNIQUE INDEX items_completed ON items (completed, id)",
             ),
         ),
         (
@@ -149,8 +153,9 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 "id.db",
                 &good,
                 &format!(
-                    "INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES ('not-a-uuid-at-all-but-36-chars-long!', 'x', '', 0, 1, 1, 1)"
+                    "PRAGMA ignore_check_constraints = ON;
+                     INSERT INTO items ({ITEM_COLUMNS})
+                     VALUES (X'ff', 'x', '', 0, {LATE}, {LATE}, 1)"
                 ),
             ),
         ),
@@ -162,8 +167,7 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &good,
                 &format!(
                     "INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES ('{}', 'long', hex(zeroblob(1000000)), 0, 1, 1, 1)",
-                    uuid::Uuid::new_v4()
+                     VALUES ({LAST_ID}, 'long', hex(zeroblob(1000000)), 0, {LATE}, {LATE}, 1)"
                 ),
             ),
         ),
@@ -175,9 +179,27 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &good,
                 &format!(
                     "INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES ('{}', 'bell' || char(7), '', 0, 1, 1, 1)",
-                    uuid::Uuid::new_v4()
+                     VALUES ({LAST_ID}, 'bell' || char(7), '', 0, {LATE}, {LATE}, 1)"
                 ),
+            ),
+        ),
+        (
+            "items listed by id whose creation times go back",
+            crafted(
+                dir,
+                "order.db",
+                &good,
+                "UPDATE items SET create_time = 1 WHERE title = 'second'",
+            ),
+        ),
+        (
+            "one of the two indexes a file keeps for its time order",
+            crafted(
+                dir,
+                "half.db",
+                &good,
+                "UPDATE items SET create_time = 1 WHERE title = 'second';
+                 CREATE INDEX items_newest ON items (create_time DESC, id DESC)",
             ),
         ),
         (
@@ -196,8 +218,22 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 "actor.db",
                 &good,
                 &format!(
-                    "INSERT INTO audit_events (time, action, item_id, actor)
-                     VALUES (1, 'CreateItem', '{}', 'keys/somebody')",
+                    "INSERT INTO audit_events (id, time, action, item_id, actor)
+                     VALUES (1, 1, 'CreateItem', '{}', 'keys/somebody')",
+                    uuid::Uuid::new_v4()
+                ),
+            ),
+        ),
+        (
+            "an audit event out of its place in time",
+            crafted(
+                dir,
+                "when.db",
+                &good,
+                &format!(
+                    "PRAGMA ignore_check_constraints = ON;
+                     INSERT INTO audit_events (id, time, action, item_id, actor)
+                     VALUES (1, {LATE}, 'CreateItem', '{}', 'admin')",
                     uuid::Uuid::new_v4()
                 ),
             ),

@@ -12,9 +12,10 @@ pub static SCHEMA: Part = Part {
     writes: &["CreateNote"],
     migrations: &[Released {
         // After every version the served resources released.
-        version: 4,
+        version: 6,
         migration: Migration {
             description: "notes",
+            after: None,
             sql: "
         CREATE TABLE notes (
             id          TEXT PRIMARY KEY,
@@ -24,6 +25,7 @@ pub static SCHEMA: Part = Part {
     ",
         },
     }],
+    optional_indexes: &[],
     check_rows,
 };
 
