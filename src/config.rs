@@ -63,6 +63,19 @@ pub struct Config {
     )]
     pub inline_reads: bool,
 
+    /// Commit a tenant's write on the async thread when nothing else of the
+    /// tenant is queued or being written and its connection is idle (a
+    /// commit without a sync is a few writes into the page cache); `false`
+    /// hands every write to the tenant's writer on a blocking thread.
+    /// Checkpoints run on blocking threads either way.
+    #[arg(
+        long,
+        env = "TENANTRY_INLINE_WRITES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub inline_writes: bool,
+
     /// Most storage one tenant's database may use, in KiB (its file, without
     /// the write-ahead log); a write past it fails with RESOURCE_EXHAUSTED.
     /// 0 for no limit.

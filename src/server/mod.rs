@@ -98,6 +98,7 @@ impl OpenData {
                 pool: PoolSettings {
                     max_bytes: config.tenant_quota_bytes(),
                     inline_reads: config.inline_reads,
+                    inline_writes: config.inline_writes,
                     // One switch stops the statements of both.
                     stopping: catalog_pool.stopping.clone(),
                     ..PoolSettings::owning(config.tenant_cache_kib, config.busy_timeout())

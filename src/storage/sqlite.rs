@@ -66,6 +66,14 @@ pub struct PoolSettings {
     /// no idle connection (one must be opened) still runs on a blocking
     /// thread, and so does every scan and every write.
     pub inline_reads: bool,
+    /// Commit a write on the calling async thread when no other write of the
+    /// database is under way and the connection is idle, instead of
+    /// handing it to the writer on a blocking thread: with one connection
+    /// that owns its file, a commit is a few `write` calls into the page
+    /// cache (tens of microseconds), and the hand-off costs as much again in
+    /// thread wake-ups. Checkpoints, which wait for the disk, still run on a
+    /// blocking thread, and so does every write that finds others queued.
+    pub inline_writes: bool,
     /// The most bytes the database file may hold (SQLite's
     /// `max_page_count`); a write that needs more fails with `SQLITE_FULL`.
     /// `None` for no limit.
@@ -97,6 +105,7 @@ impl PoolSettings {
             busy_timeout,
             idle_connection: Duration::from_secs(60),
             inline_reads: false,
+            inline_writes: false,
             max_bytes: None,
             mmap_bytes: 0,
             threads: Arc::new(
@@ -302,6 +311,7 @@ pub struct Database {
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     connections: u32,
     inline_reads: bool,
+    inline_writes: bool,
     /// One permit per connection: the calls running on this database.
     /// Closed when it is retired.
     readers: Arc<Semaphore>,
@@ -310,12 +320,16 @@ pub struct Database {
     writes: Arc<Semaphore>,
     /// Writes waiting for the writer; see [`Database::write_in`].
     queue: Arc<std::sync::Mutex<WriteQueue>>,
+    /// How many writes the writer's last batch held.
+    last_batch: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether its one connection owns the file ([`PoolSettings::exclusive`]).
     exclusive: bool,
     /// One permit, held while a copy of the file is made
     /// ([`Database::with_still_file`]): no checkpoint runs meanwhile, and
     /// closing waits for it.
     still: Arc<Semaphore>,
+    /// Set when the server stops ([`PoolSettings::interrupt`]).
+    stopping: Arc<AtomicBool>,
     /// Set once [`Database::retire`] has closed it.
     retired: tokio::sync::OnceCell<()>,
     /// True once it is closed, for those who wait without closing it.
@@ -398,9 +412,17 @@ impl Database {
             ));
         }
         let mut conn = open_connection(path, settings)?;
+        WAL_PAGES.set(0);
         let prepared = prepare(&mut conn)?;
         if settings.exclusive {
             remove_stale_shm(path);
+            // A migration that rewrote much is checkpointed now: the writer,
+            // which checkpoints, may not run for as long as the tenant is
+            // only read.
+            if WAL_PAGES.get() >= CHECKPOINT_PAGES {
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .context(|| format!("checkpointing {}", path.display()))?;
+            }
         }
         let identity = Arc::new(
             Identity::of(path)
@@ -417,11 +439,15 @@ impl Database {
         // A connection that owns its file stays until the database closes:
         // closing it would checkpoint the file and delete its WAL, which the
         // next call would make again.
+        // (Nor does r2d2 replace it when it gets old: that would close it,
+        // in the middle of a copy of its file, say.)
         let idle_timeout = (!settings.exclusive).then_some(settings.idle_connection);
+        let max_lifetime = (!settings.exclusive).then_some(Duration::from_secs(30 * 60));
         let pool = Pool::builder()
             .max_size(settings.connections)
             .min_idle(Some(0))
             .idle_timeout(idle_timeout)
+            .max_lifetime(max_lifetime)
             .connection_timeout(settings.busy_timeout)
             .test_on_check_out(false)
             .thread_pool(settings.threads.clone())
@@ -438,11 +464,14 @@ impl Database {
             pool: Arc::new(std::sync::Mutex::new(Some(pool))),
             connections: settings.connections,
             inline_reads: settings.inline_reads,
+            inline_writes: settings.inline_writes && settings.exclusive,
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
             queue: Default::default(),
+            last_batch: Default::default(),
             exclusive: settings.exclusive,
             still: Arc::new(Semaphore::new(1)),
+            stopping: settings.stopping.clone(),
             retired: tokio::sync::OnceCell::new(),
             closed: tokio::sync::watch::Sender::new(false),
         };
@@ -612,6 +641,10 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
+        let (turn, f) = match self.try_write_inline(turn, f) {
+            Ok(done) => return done,
+            Err(not_now) => not_now,
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let write = Box::new(Write {
             f: Some(f),
@@ -630,15 +663,7 @@ impl Database {
             !std::mem::replace(&mut queue.draining, true)
         };
         if start {
-            let writer = Writer {
-                queue: self.queue.clone(),
-                readers: self.readers.clone(),
-                runtime: tokio::runtime::Handle::current(),
-                pool: self.pool.clone(),
-                path: self.path.clone(),
-                identity: self.identity.clone(),
-                checkpoints: self.exclusive.then(|| self.still.clone()),
-            };
+            let writer = self.writer();
             tokio::task::spawn_blocking(move || writer.drain());
         }
         answer.await.unwrap_or_else(|_| {
@@ -647,6 +672,87 @@ impl Database {
                 "the writer stopped before answering",
             ))
         })
+    }
+
+    fn writer(&self) -> Writer {
+        Writer {
+            queue: self.queue.clone(),
+            readers: self.readers.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            pool: self.pool.clone(),
+            path: self.path.clone(),
+            identity: self.identity.clone(),
+            checkpoints: self.exclusive.then(|| self.still.clone()),
+            last_batch: self.last_batch.clone(),
+        }
+    }
+
+    /// Commits a write on the calling thread if `inline_writes` is on, no
+    /// other write of the database is under way, and the connection is idle
+    /// ([`PoolSettings::inline_writes`]); hands the turn and the write back
+    /// otherwise. A checkpoint the commit makes due runs on a blocking
+    /// thread.
+    #[allow(clippy::type_complexity)]
+    fn try_write_inline<T, F>(
+        &self,
+        turn: WriteTurn,
+        f: F,
+    ) -> std::result::Result<Result<T>, (WriteTurn, F)>
+    where
+        F: FnOnce(&Transaction) -> Result<T>,
+    {
+        if !self.inline_writes {
+            return Err((turn, f));
+        }
+        // Alone: no other write holds a turn (this one holds one), so none
+        // is queued, being written, or about to be; writes that come
+        // together are worth a group commit.
+        // And a tenant whose writes came together a moment ago keeps
+        // committing them in groups, which costs less a write than this.
+        let alone = self.writes.available_permits() + 1 == QUEUED_WRITES as usize
+            && self.last_batch.load(Ordering::Relaxed) <= 1;
+        let idle = alone && {
+            let queue = self
+                .queue
+                .lock()
+                .expect("the write queue is never poisoned");
+            queue.writes.is_empty() && !queue.draining
+        };
+        let Some(permit) = idle
+            .then(|| self.readers.clone().try_acquire_owned().ok())
+            .flatten()
+        else {
+            return Err((turn, f));
+        };
+        let Ok(pool) = self.pool() else {
+            return Err((turn, f));
+        };
+        let Some(mut conn) = pool.try_get() else {
+            return Err((turn, f));
+        };
+        let deadline = deadline::current();
+        WAL_PAGES.set(0);
+        let result = check_in_place(&self.path, &self.identity).and_then(|()| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_now(&mut conn, deadline.as_deref(), f)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!(path = %self.path.display(), "a write panicked");
+                Err(Error::internal("running a write", "the write panicked"))
+            })
+        });
+        let pages = WAL_PAGES.get();
+        // As for reads: the connection and the pool handle go before the
+        // turns, so a retire holding every turn has nothing left in use.
+        drop(conn);
+        drop(pool);
+        drop(permit);
+        drop(turn);
+        if pages >= CHECKPOINT_PAGES {
+            let writer = self.writer();
+            tokio::task::spawn_blocking(move || writer.checkpoint_now());
+        }
+        Ok(result)
     }
 
     /// Runs `f` on a connection now, on the calling thread: for start-up and
@@ -720,12 +826,14 @@ impl Database {
     /// returns, while calls go on (writes append to the WAL meanwhile). So
     /// a copy of the file made by `f` holds exactly the commits made before
     /// it began, without holding the database's connection while it
-    /// copies. One copy at a time; closing the database waits for it.
+    /// copies. `f` reads the file through SQLite's own descriptor
+    /// ([`StillFile`]): opening and closing another would drop SQLite's
+    /// lock on it. One copy at a time; closing the database waits for it.
     /// `Err(Retired)` if the database was retired first.
     pub async fn with_still_file<T, F>(&self, f: F) -> Result<Result<T>, Retired>
     where
         T: Send + 'static,
-        F: FnOnce(&Path) -> Result<T> + Send + 'static,
+        F: FnOnce(&StillFile) -> Result<T> + Send + 'static,
     {
         let still = self
             .still
@@ -734,28 +842,44 @@ impl Database {
             .await
             .map_err(|_| Retired)?;
         let turn = self.read_turn().await?;
+        let stopping = self.stopping.clone();
         let checkpointed = self
-            .read_in(turn, |conn| {
+            .read_in(turn, move |conn| {
                 let (busy, _, _): (i64, i64, i64) = conn
                     .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })
                     .context(|| "checkpointing the file before a copy".into())?;
-                match busy {
-                    0 => Ok(()),
-                    _ => Err(Error::Unavailable(
+                if busy != 0 {
+                    return Err(Error::Unavailable(
                         "the database was busy and could not be copied; retry the call".into(),
-                    )),
+                    ));
                 }
+                let size: i64 = conn
+                    .query_row(
+                        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .context(|| "measuring the file before a copy".into())?;
+                let file = super::ffi::main_file(conn)
+                    .ok_or_else(|| Error::internal("copying a database", "it has no file"))?;
+                Ok(StillFile {
+                    file,
+                    size: size.max(0) as u64,
+                    stopping,
+                })
             })
             .await;
-        if let Err(error) = checkpointed {
-            return Ok(Err(error));
-        }
-        let path = self.path.clone();
-        // Held to the end of the copy, even if this call goes away first.
+        let file = match checkpointed {
+            Ok(file) => file,
+            Err(error) => return Ok(Err(error)),
+        };
+        // Held to the end of the copy, even if this call goes away first:
+        // the connection, whose file is read, stays open until then.
         Ok(run_blocking(move || {
-            let copied = f(&path);
+            let copied = f(&file);
+            drop(file);
             drop(still);
             copied
         })
@@ -777,6 +901,49 @@ fn remove_stale_shm(path: &Path) {
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "could not remove a stale -shm file")
         }
+    }
+}
+
+/// A database's file while [`Database::with_still_file`] keeps it still.
+pub struct StillFile {
+    file: super::ffi::OpenFile,
+    /// Its size: every page, checkpointed.
+    pub size: u64,
+    stopping: Arc<AtomicBool>,
+}
+
+impl StillFile {
+    /// Copies the file into `to` (a new file), a megabyte at a time,
+    /// stopping with DEADLINE_EXCEEDED once `deadline` passes, or when the
+    /// server stops. Blocking.
+    pub fn copy_to(&self, to: &Path, deadline: Option<&Deadline>) -> Result<()> {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .context(|| format!("creating {}", to.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0;
+        while offset < self.size {
+            deadline::check(deadline)?;
+            if self.stopping.load(Ordering::Relaxed) {
+                return Err(Error::Unavailable(
+                    "the server is stopping: the copy was not finished; retry the call".into(),
+                ));
+            }
+            let chunk = &mut buf[..(self.size - offset).min(1 << 20) as usize];
+            self.file.read_at(chunk, offset).map_err(|code| {
+                Error::internal(
+                    "copying a database",
+                    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+                )
+            })?;
+            out.write_all(chunk)
+                .context(|| format!("writing {}", to.display()))?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
     }
 }
 
@@ -909,6 +1076,7 @@ struct Writer {
     /// For a connection that owns its file, the checkpoints are the
     /// writer's; none runs while this permit is taken (a copy is made).
     checkpoints: Option<Arc<Semaphore>>,
+    last_batch: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Writer {
@@ -925,6 +1093,7 @@ impl Writer {
                 }
                 std::mem::take(&mut queue.writes)
             };
+            self.last_batch.store(batch.len(), Ordering::Relaxed);
             // A write that panics fails its batch (whose callers hear an
             // internal error when their answers are dropped), and the writer
             // goes on with the queue: nothing queued is left unanswered.
@@ -973,7 +1142,7 @@ impl Writer {
         if batch.len() == 1 {
             let mut write = batch.pop().expect("one write");
             let outcome = write.run_alone(&mut conn);
-            self.checkpoint(&conn);
+            self.checkpoint(&conn, WAL_PAGES.get());
             return vec![(write, outcome)];
         }
         let tx = match conn
@@ -1023,7 +1192,7 @@ impl Writer {
                 Err(error) => finished.extend(fail_all(kept, error)),
             }
         }
-        self.checkpoint(&conn);
+        self.checkpoint(&conn, WAL_PAGES.get());
         // The rest runs as a batch of its own, which takes a permit of its
         // own: this one goes first, or a batch with several broken writes
         // would wait for permits its own earlier rounds hold.
@@ -1042,11 +1211,11 @@ impl Writer {
     /// would, unless a copy of the file is being made: then the next batch
     /// after the copy does it. A failed checkpoint loses nothing (the WAL
     /// keeps every commit) and is tried again after the next batch.
-    fn checkpoint(&self, conn: &Connection) {
+    fn checkpoint(&self, conn: &Connection, pages: i32) {
         let Some(still) = &self.checkpoints else {
             return;
         };
-        if WAL_PAGES.get() < CHECKPOINT_PAGES {
+        if pages < CHECKPOINT_PAGES {
             return;
         }
         let Ok(_still) = still.try_acquire() else {
@@ -1060,6 +1229,24 @@ impl Writer {
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "a checkpoint failed; the next write batch tries again")
             }
+        }
+    }
+}
+
+impl Writer {
+    /// The checkpoint a write committed on an async thread made due, in a
+    /// turn of its own, on this blocking thread.
+    fn checkpoint_now(self) {
+        let Ok(_turn) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
+            return;
+        };
+        let pool = self
+            .pool
+            .lock()
+            .expect("the pool lock is never poisoned")
+            .clone();
+        if let Some(conn) = pool.and_then(|pool| pool.get().ok()) {
+            self.checkpoint(&conn, CHECKPOINT_PAGES);
         }
     }
 }
@@ -1594,10 +1781,10 @@ mod tests {
             let db = db.clone();
             let copied = dir.path().join("copy.db");
             async move {
-                db.with_still_file(move |path| {
+                db.with_still_file(move |file| {
                     copying.send(()).unwrap();
                     finished.recv().unwrap();
-                    std::fs::copy(path, &copied).context(|| "copying".into())
+                    file.copy_to(&copied, None)
                 })
                 .await
                 .map_err(|_| "retired")
@@ -1620,6 +1807,93 @@ mod tests {
         write_pages(&db, 5500, 1).await;
         db.retire().await;
         assert_eq!(rows_in_file(dir.path()), 5501);
+    }
+
+    /// POSIX locks this process holds on the file at `path`, from
+    /// `/proc/locks` (other programs see these; SQLite's own bookkeeping
+    /// of its connections' locks is in memory).
+    fn locks_held_on(path: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(path).unwrap().ino();
+        let pid = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(1) == Some(&"POSIX")
+                    && fields.get(4) == Some(&pid.as_str())
+                    && fields
+                        .get(5)
+                        .and_then(|f| f.rsplit(':').next())
+                        .is_some_and(|i| i == inode.to_string())
+            })
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_of_an_owned_file_keeps_its_lock_against_other_programs() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = owned(dir.path());
+        db.write(|tx| insert(tx, 1)).await.unwrap();
+        let path = dir.path().join("t.db");
+        assert!(
+            locks_held_on(&path) > 0,
+            "the owning connection locks its file"
+        );
+        let copied = dir.path().join("copy.db");
+        db.with_still_file(move |file| file.copy_to(&copied, None))
+            .await
+            .map_err(|_| "retired")
+            .unwrap()
+            .unwrap();
+        assert!(
+            locks_held_on(&path) > 0,
+            "closing a descriptor of the file would have dropped the lock"
+        );
+        assert_eq!(
+            Connection::open(dir.path().join("copy.db"))
+                .unwrap()
+                .query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0))
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_owning_connection_is_never_closed_by_the_pool_on_its_own() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = owned(dir.path());
+        let pool = db.pool().unwrap();
+        assert_eq!(pool.max_lifetime(), None);
+        assert_eq!(pool.idle_timeout(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_migration_at_open_is_checkpointed_though_no_write_follows() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let settings = PoolSettings::owning(256, Duration::from_secs(5));
+        let path = dir.path().join("t.db");
+        Database::create(&path, &settings, |conn| {
+            conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, b BLOB)")
+                .context(|| "creating t".into())
+        })
+        .unwrap();
+        let (db, ()) = Database::open(&path, &settings, |conn| {
+            // A migration that rewrites 3,000 pages of the tenant's data.
+            conn.execute_batch(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000)
+                 INSERT INTO t SELECT x, zeroblob(3000) FROM c",
+            )
+            .context(|| "migrating".into())
+        })
+        .unwrap();
+        // Its pages are in the file already, not only in the WAL, though
+        // nothing has written since.
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size >= 3000 * 4096, "the file holds {size} bytes");
+        db.retire().await;
+        assert_eq!(rows_in_file(dir.path()), 3000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,8 +385,16 @@ impl Registry {
         {
             return Ok((database, unchanged));
         }
-        if let Some(database) = owner.database.upgrade().filter(|d| slot.is_live(d)) {
-            owner.for_calls |= purpose == Use::Calls;
+        // A database opened aside is shared, or taken over by the cache. The
+        // cache's own, if it is not in the cache any more, is closing (or
+        // about to be: it left the cache, and its closer is on its way), and
+        // is never taken again.
+        if let Some(database) = owner
+            .database
+            .upgrade()
+            .filter(|d| !owner.for_calls && slot.is_live(d))
+        {
+            owner.for_calls = purpose == Use::Calls;
             return Ok((database, unchanged));
         }
         let (database, migrated) = self
@@ -535,23 +543,39 @@ impl Registry {
                 Stepped::Closed(back) => carried = back,
             }
         }
-        let shared = self.shared(tenant).await;
-        let mut tries = 0;
-        loop {
-            shared.slot.closers_done().await;
-            let database = match self.database(tenant, &shared.slot, Use::Aside).await {
-                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => {
-                    tries += 1;
-                    continue;
-                }
-                Err(error) => return Err(self.locked_fault(tenant, error)),
-                Ok((database, _)) => database,
-            };
-            let stepped = self.steps_on(tenant, &database, carried).await;
-            self.release_aside(&shared.slot, database).await;
+        for _ in 0..LOCKED_TRIES {
+            let (hold, _) = self.take_aside(tenant).await?;
+            let stepped = self.steps_on(tenant, hold.database(), carried).await;
+            hold.release().await;
             match stepped {
                 Stepped::Done(result) => return result,
                 Stepped::Closed(back) => carried = back,
+            }
+        }
+        Err(closed_again(tenant))
+    }
+
+    /// The tenant's database for reads aside, with its gate held shared:
+    /// the cache's if the tenant is open, else one opened aside (or shared
+    /// with other reads aside), and what opening it migrated. See
+    /// [`Registry::database`].
+    async fn take_aside(&self, tenant: TenantId) -> Result<(AsideHold, Migrated)> {
+        let shared = self.shared(tenant).await;
+        let mut tries = 0;
+        loop {
+            crate::deadline::check(crate::deadline::current().as_deref())?;
+            shared.slot.closers_done().await;
+            match self.database(tenant, &shared.slot, Use::Aside).await {
+                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => tries += 1,
+                Err(error) => return Err(self.locked_fault(tenant, error)),
+                Ok((database, migrated)) => {
+                    let hold = AsideHold {
+                        registry: self.clone(),
+                        shared: Some(shared),
+                        database: Some(database),
+                    };
+                    return Ok((hold, migrated));
+                }
             }
         }
     }
@@ -600,19 +624,9 @@ impl Registry {
     /// tenant in the cache, as [`Registry::read_aside`] reads it: an open
     /// migrates, and an open tenant was brought up to date when it opened.
     pub async fn migrate_aside(&self, tenant: TenantId) -> Result<Migrated> {
-        let shared = self.shared(tenant).await;
-        let mut tries = 0;
-        loop {
-            shared.slot.closers_done().await;
-            match self.database(tenant, &shared.slot, Use::Aside).await {
-                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => tries += 1,
-                Err(error) => return Err(self.locked_fault(tenant, error)),
-                Ok((database, migrated)) => {
-                    self.release_aside(&shared.slot, database).await;
-                    return Ok(migrated);
-                }
-            }
-        }
+        let (hold, migrated) = self.take_aside(tenant).await?;
+        hold.release().await;
+        Ok(migrated)
     }
 
     /// A consistent snapshot of a tenant's data, copied into the staging
@@ -625,26 +639,18 @@ impl Registry {
         tenant: TenantId,
         what: &str,
     ) -> Result<(StagedFile, FileSummary)> {
-        let shared = self.shared(tenant).await;
-        let mut tries = 0;
-        loop {
-            shared.slot.closers_done().await;
-            let database = match self.database(tenant, &shared.slot, Use::Aside).await {
-                Err(error) if is_locked(&error) && tries < LOCKED_TRIES => {
-                    tries += 1;
-                    continue;
-                }
-                Err(error) => return Err(self.locked_fault(tenant, error)),
-                Ok((database, _)) => database,
-            };
-            let taken = crate::tenant::snapshot::take(&database, &self.inner.staging, what).await;
-            self.release_aside(&shared.slot, database).await;
+        for _ in 0..LOCKED_TRIES {
+            let (hold, _) = self.take_aside(tenant).await?;
+            let taken =
+                crate::tenant::snapshot::take(hold.database(), &self.inner.staging, what).await;
+            hold.release().await;
             match taken {
                 Ok(taken) => return taken.map_err(|error| self.storage_fault(tenant, error)),
                 // Closed before the copy began: find or open it again.
                 Err(sqlite::Retired) => continue,
             }
         }
+        Err(closed_again(tenant))
     }
 
     /// Runs `step` on an active tenant's database in turns of its own until
@@ -916,8 +922,12 @@ fn check_file(tenant: TenantId, path: &Path) -> Result<()> {
                     .context(|| format!("making {} private", path.display()))?;
             }
             // SQLite takes an empty file for a new, empty database: a tenant
-            // file cut to nothing must not come back as an empty tenant.
-            if !crate::tenant::snapshot::is_database_file(path) {
+            // file cut to nothing must not come back as an empty tenant. A
+            // database is at least one page; what SQLite finds wrong with a
+            // bigger one, it says when the file is first read. (The file is
+            // not opened here: closing a descriptor of it would drop the
+            // lock a closing connection of this process may still hold.)
+            if metadata.len() < 512 {
                 return Err(Error::DataLoss(format!(
                     "tenant {tenant}'s database file is damaged (empty, or not a database): an operator \
                      must restore it from a backup"
@@ -984,6 +994,53 @@ fn closed_under_gate(tenant: TenantId) -> Error {
 
 /// The tenant whose database has a file open, and that database.
 type OpenFile = (TenantId, std::sync::Weak<Database>);
+
+/// A tenant's database taken for reads aside, with the tenant's gate held
+/// shared. Let go of with [`AsideHold::release`]; dropped instead (its
+/// holder went away mid-read), it is let go of on a task of its own, which
+/// keeps the gate until then, so that no operation moves the file while a
+/// connection of this process may still have it open.
+struct AsideHold {
+    registry: Registry,
+    /// Both taken when it is let go of.
+    shared: Option<Shared>,
+    database: Option<Arc<Database>>,
+}
+
+impl AsideHold {
+    fn database(&self) -> &Arc<Database> {
+        self.database.as_ref().expect("held until released")
+    }
+
+    async fn release(mut self) {
+        if let (Some(shared), Some(database)) = (self.shared.take(), self.database.take()) {
+            self.registry.release_aside(&shared.slot, database).await;
+        }
+    }
+}
+
+impl Drop for AsideHold {
+    fn drop(&mut self) {
+        let (Some(shared), Some(database)) = (self.shared.take(), self.database.take()) else {
+            return;
+        };
+        let registry = self.registry.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                registry.release_aside(&shared.slot, database).await;
+                drop(shared);
+            });
+        }
+    }
+}
+
+/// A tenant's database that closed again and again before a read aside
+/// could use it.
+fn closed_again(tenant: TenantId) -> Error {
+    Error::Unavailable(format!(
+        "tenant {tenant}'s database kept closing before it could be read: retry the call"
+    ))
+}
 
 /// How the steps of a read on an open database went: done (or failed), or
 /// handed back because the database closed before the first step.

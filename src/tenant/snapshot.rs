@@ -45,19 +45,8 @@ pub async fn take(
     let (staging, what) = (staging.clone(), what.to_owned());
     let copied = database
         .with_still_file(move |source| {
-            crate::deadline::check(deadline.as_deref())?;
-            let bytes = std::fs::metadata(source)
-                .context(|| format!("measuring {}", source.display()))?
-                .len();
-            let staged = staging.reserve(&what, bytes)?;
-            std::fs::copy(source, staged.path()).context(|| {
-                format!(
-                    "copying {} to {}",
-                    source.display(),
-                    staged.path().display()
-                )
-            })?;
-            crate::deadline::check(deadline.as_deref())?;
+            let staged = staging.reserve(&what, source.size)?;
+            source.copy_to(staged.path(), deadline.as_deref())?;
             Ok(staged)
         })
         .await?;
@@ -134,15 +123,6 @@ pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
-/// Whether the file at `path` starts as a SQLite database does. Blocking.
-pub fn is_database_file(path: &Path) -> bool {
-    let mut magic = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == SQLITE_MAGIC
-}
 
 /// The most objects (tables, indexes) a tenant schema has in
 /// `sqlite_schema`; far more than tenantry's, far fewer than would cost

@@ -348,3 +348,67 @@ async fn calls_racing_evictions_at_a_bound_of_one_are_all_answered() {
         assert_eq!(listed.items.len(), 50, "every acknowledged write is there");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_called_again_just_after_its_idle_time_ran_out_keeps_serving() {
+    // The cache's entry has expired, but nothing has removed it yet (its
+    // housekeeping runs only when the cache is used), while something keeps
+    // the tenant's slot (a backup, a search, a closer waiting): the next
+    // call opens the tenant afresh, never the database the cache let go of.
+    let server = spawn_with(|config| config.tenant_idle_secs = 1).await;
+    let acme = server.tenant("acme").await;
+    let id = TenantId::parse("id", &acme.id).unwrap();
+    let mut items = server.items().await;
+    let list = || acme.call(ListItemsRequest::default());
+    let _slot_kept = server.registry.shared(id).await;
+    items.list_items(list()).await.unwrap();
+    // The idle time passing is what this test is about: the cache's
+    // housekeeping runs just before it runs out, and the call comes just
+    // after.
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    server.registry.open_count().await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    for call in 0..5 {
+        items
+            .list_items(list())
+            .await
+            .unwrap_or_else(|status| panic!("call {call}: {status:?}"));
+    }
+    assert_eq!(server.registry.stage(id).await, Stage::Open);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        server.registry.read_aside(id, |_| Ok(())),
+    )
+    .await
+    .expect("a read aside finds the tenant's database")
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_after_a_read_aside_whose_caller_went_away_finds_the_file_closed() {
+    let server = spawn_with(|_| {}).await;
+    let acme = server.tenant("acme").await;
+    let id = TenantId::parse("id", &acme.id).unwrap();
+    let file = server.tenant_file(&acme.id);
+    // An admin's read aside of the closed tenant, mid-step, whose caller
+    // goes away.
+    let (running, release) = blocked_read(&server.registry, id).await;
+    running.abort();
+    let _ = running.await;
+    let registry = server.registry.clone();
+    let mut hold = Box::pin(async move { registry.exclusive(id).await });
+    assert!(
+        futures::poll!(&mut hold).is_pending(),
+        "an operation waits while the read's connection has the file"
+    );
+    release.send(()).unwrap();
+    let held = tokio::time::timeout(std::time::Duration::from_secs(10), hold)
+        .await
+        .expect("the hold is taken once the read's step is done");
+    assert_eq!(
+        descriptors_on(&file),
+        0,
+        "no connection of this process has the file open under the hold"
+    );
+    drop(held);
+}
