@@ -96,7 +96,7 @@ fn bearer(token: &str) -> String {
 /// Creates a tenant as CreateTenant does, gives it an API key as
 /// CreateApiKey does, and writes its items.
 async fn populate(data: &OpenData, auth: &Authenticator) -> (TenantId, Secret, Vec<Uuid>) {
-    let lifecycle = Lifecycle::new(data.registry.clone(), auth.clone());
+    let lifecycle = Lifecycle::new(data.registry.clone(), auth.clone(), data.spares.clone());
     let name = TenantName::parse("name", "hot-path").expect("a valid name");
     let tenant = lifecycle
         .create_tenant(name, "Hot path".into(), None, None)

@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_TENANT_CONNECTIONS", hide = true)]
     pub tenant_connections: Option<u32>,
 
+    /// Empty tenant files kept made ahead, so that creating a tenant is one
+    /// catalog commit and no file work; 0 makes every file when its tenant
+    /// is created.
+    #[arg(long, env = "TENANTRY_SPARE_TENANT_FILES", default_value_t = 256)]
+    pub spare_tenant_files: usize,
+
     /// Page cache of an open tenant's connection, in KiB.
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,

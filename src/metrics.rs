@@ -57,6 +57,7 @@ pub struct Metrics {
     pub migrations: Family<OutcomeLabels, Counter>,
     pub backups: Family<KindLabels, Counter>,
     pub restores: Family<KindLabels, Counter>,
+    pub tenants_created: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -131,8 +132,16 @@ impl Metrics {
             "tenants restored, by kind (restore, import)",
             restores.clone(),
         );
+        let tenants_created = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "tenants_created",
+            "tenants created, by how their file was made (spare: made ahead, new: made \
+             at the creation, copy: a clone)",
+            tenants_created.clone(),
+        );
         Metrics {
             registry,
+            tenants_created,
             known_methods: known_methods(),
             calls,
             call_duration,

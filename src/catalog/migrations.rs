@@ -151,4 +151,21 @@ pub const CATALOG: &[Migration] = &[
         CREATE INDEX backups_tenant ON backups (tenant_id);
     ",
     },
+    Migration {
+        description: "spare tenant files",
+        after: None,
+        sql: "
+        -- Empty tenant files made ahead, at their final place
+        -- (tenants/<id>.db), so that creating a tenant takes one catalog
+        -- commit and no file work: 'making' while the files are written and
+        -- synced (start-up removes those a stop interrupted), 'ready' once
+        -- they are durable. A spare is never served: it has no tenant row.
+        CREATE TABLE spare_tenants (
+            id             TEXT PRIMARY KEY,
+            schema_version INTEGER NOT NULL,
+            state          TEXT NOT NULL CHECK (state IN ('making', 'ready')),
+            create_time    INTEGER NOT NULL
+        ) STRICT;
+    ",
+    },
 ];

@@ -7,13 +7,14 @@
 
 mod migrations;
 pub mod operations;
+pub mod spares;
 pub mod store;
 
 use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction};
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::storage::data_dir::DataDir;
 use crate::storage::disk::Disk;
 use crate::storage::schema;
@@ -78,15 +79,33 @@ impl Catalog {
     /// start-up recovery.
     pub fn write_now<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
         self.disk.check();
-        self.db.with_connection(|conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .context(|| "starting a catalog transaction".into())?;
-            let value = f(&tx)?;
-            tx.commit()
-                .context(|| "committing a catalog transaction".into())?;
-            Ok(value)
-        })
+        self.db.write_now(f)
+    }
+
+    /// Runs `f` in a write transaction whose commit is answered before it
+    /// is synced: it survives the process being killed, and a power cut
+    /// once [`Catalog::sync_unsynced`] ran (every second while serving) or
+    /// any synced commit followed. For changes whose loss in a power cut
+    /// harms nobody's security (a tenant created: its file is durable
+    /// before it commits); a revoke, a suspension, a delete are synced.
+    pub async fn write_unsynced<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
+        let disk = self.disk.clone();
+        self.db
+            .write_unsynced(move |tx| {
+                disk.check();
+                f(tx)
+            })
+            .await
+    }
+
+    /// Syncs the commits [`Catalog::write_unsynced`] made since the last
+    /// time, if there were any. Blocking.
+    pub fn sync_unsynced(&self) -> Result<()> {
+        self.db.sync_unsynced()
     }
 
     /// Runs `f` in a write transaction (committed durably: the catalog is

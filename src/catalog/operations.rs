@@ -111,23 +111,40 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<OperationRecord> {
 /// FAILED_PRECONDITION (its gate makes that impossible: this is the last
 /// line of defence).
 pub fn insert(conn: &Connection, op: &OperationRecord) -> Result<()> {
-    let inserted = conn.execute(
-        &format!(
+    insert_as(conn, op, "running")
+}
+
+/// Records an operation that is done already: one whose every change is in
+/// the transaction that records it, with its outcome, message, result and
+/// end time as `op` has them.
+pub fn insert_done(conn: &Connection, op: &OperationRecord) -> Result<()> {
+    insert_as(conn, op, "done")
+}
+
+fn insert_as(conn: &Connection, op: &OperationRecord, state: &str) -> Result<()> {
+    let inserted = conn
+        .prepare_cached(&format!(
             "INSERT INTO operations ({COLUMNS}, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, '', '', ?9, NULL, 'running')"
-        ),
-        params![
-            op.id.to_string(),
-            op.tenant_id.to_string(),
-            op.kind.as_str(),
-            op.action,
-            op.request,
-            op.request_id.map(|id| id.to_string()),
-            op.staging_file,
-            op.trash_file,
-            op.start_time,
-        ],
-    );
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(params![
+                op.id.to_string(),
+                op.tenant_id.to_string(),
+                op.kind.as_str(),
+                op.action,
+                op.request,
+                op.request_id.map(|id| id.to_string()),
+                op.staging_file,
+                op.trash_file,
+                op.outcome,
+                op.message,
+                op.result,
+                op.start_time,
+                op.end_time,
+                state,
+            ])
+        });
     match inserted {
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(Error::FailedPrecondition(format!(
@@ -149,12 +166,14 @@ pub fn finish(
     result: &str,
     time: Micros,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE operations SET state = 'done', outcome = ?2, message = ?3, result = ?4,
                                end_time = ?5
          WHERE id = ?1",
-        params![id.to_string(), outcome, message, result, time],
     )
+    .and_then(|mut statement| {
+        statement.execute(params![id.to_string(), outcome, message, result, time])
+    })
     .context(|| format!("recording the end of operation {id}"))?;
     Ok(())
 }

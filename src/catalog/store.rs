@@ -111,19 +111,22 @@ fn parse_tenant_id(text: &str) -> rusqlite::Result<TenantId> {
 }
 
 pub fn insert_tenant(conn: &Connection, tenant: &TenantRecord) -> Result<()> {
-    let inserted = conn.execute(
-        &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![
-            tenant.id.to_string(),
-            tenant.name,
-            tenant.display_name,
-            tenant.state.as_str(),
-            tenant.schema_version,
-            tenant.create_time,
-            tenant.update_time,
-            tenant.last_access_time,
-        ],
-    );
+    let inserted = conn
+        .prepare_cached(&format!(
+            "INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(params![
+                tenant.id.to_string(),
+                tenant.name,
+                tenant.display_name,
+                tenant.state.as_str(),
+                tenant.schema_version,
+                tenant.create_time,
+                tenant.update_time,
+                tenant.last_access_time,
+            ])
+        });
     match inserted {
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists(format!(

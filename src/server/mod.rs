@@ -27,6 +27,7 @@ use crate::resources::{RESOURCES, Serving};
 use crate::storage::data_dir::DataDir;
 use crate::storage::disk::Disk;
 use crate::storage::sqlite::{PoolSettings, run_blocking};
+use crate::tenant::spares::Spares;
 use crate::tenant::{Lifecycle, Registry, RegistrySettings};
 use crate::transport::log_summary::Summaries;
 
@@ -54,6 +55,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     config: Config,
     registry: Registry,
+    spares: Spares,
     auth: Authenticator,
     _lock: std::fs::File,
 }
@@ -64,6 +66,7 @@ pub struct OpenData {
     pub data_dir: DataDir,
     pub catalog: Catalog,
     pub registry: Registry,
+    pub spares: Spares,
     lock: std::fs::File,
 }
 
@@ -81,12 +84,21 @@ impl OpenData {
         let catalog_pool = PoolSettings {
             mmap_bytes: 1 << 30,
             durable: true,
+            // Only writes answered before their sync (a tenant's creation)
+            // commit on an async thread; the others wait for the disk on a
+            // blocking thread.
+            inline_writes: config.inline_writes,
+            // 32 MiB of WAL: every creation touches the same few pages of
+            // the tenants, operations and audit tables, which a checkpoint
+            // writes once however often they changed.
+            checkpoint_pages: 8000,
             ..PoolSettings::new(4, 16 * 1024, config.busy_timeout())
         };
         let disk = Arc::new(Disk::new(data_dir.root(), config.disk_reserve_mib << 20));
         let catalog = Catalog::open(&data_dir, &catalog_pool, disk)?;
         let schema = crate::resources::tenant_schema();
         crate::tenant::recover(&catalog, &data_dir, schema)?;
+        crate::tenant::spares::recover(&catalog, &data_dir, schema.latest())?;
         let registry = Registry::new(
             catalog.clone(),
             data_dir.clone(),
@@ -105,10 +117,18 @@ impl OpenData {
                 },
             },
         );
+        let spares = Spares::new(
+            catalog.clone(),
+            data_dir.clone(),
+            schema,
+            registry.pool_settings(),
+            config.spare_tenant_files,
+        )?;
         Ok(OpenData {
             data_dir,
             catalog,
             registry,
+            spares,
             lock,
         })
     }
@@ -159,6 +179,7 @@ impl Application {
             metrics_listener,
             config,
             registry: data.registry,
+            spares: data.spares,
             auth,
             _lock: data.lock,
         })
@@ -194,6 +215,7 @@ impl Application {
             metrics_listener,
             config,
             registry,
+            spares,
             auth,
             _lock,
         } = self;
@@ -204,7 +226,7 @@ impl Application {
             search_parallelism: config.search_parallelism,
         };
         let summaries = Arc::new(Summaries::default());
-        let lifecycle = Lifecycle::new(registry.clone(), auth.clone());
+        let lifecycle = Lifecycle::new(registry.clone(), auth.clone(), spares.clone());
         let operations = lifecycle.operations().clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         for resource in RESOURCES {
@@ -283,6 +305,8 @@ impl Application {
             .service(routes);
 
         let flushing = tokio::spawn(flush_accesses(registry.clone(), config.access_flush()));
+        let making_spares = tokio::spawn(spares.keep_ready());
+        let syncing = tokio::spawn(sync_catalog(registry.catalog().clone()));
         let summarizing = tokio::spawn(summaries.clone().run(config.log_summary()));
         let metrics = metrics_listener.map(|listener| {
             tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics at /metrics");
@@ -307,6 +331,10 @@ impl Application {
         )
         .await;
         flushing.abort();
+        // A batch of spares half made is finished on its blocking thread, or
+        // removed at the next start.
+        making_spares.abort();
+        syncing.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
         }
@@ -319,12 +347,31 @@ impl Application {
         registry.close_all().await;
         registry.pool_settings().resume();
         tracing::info!("every tenant database is closed");
+        let catalog = registry.catalog().clone();
+        if let Err(error) = run_blocking(move || catalog.sync_unsynced()).await {
+            tracing::error!(error = %crate::error::error_chain(&error), "could not sync the catalog's last commits");
+        }
         if let Err(error) = registry.flush_accesses().await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");
         }
         summarizing.abort();
         summaries.flush(config.log_summary());
         Ok(())
+    }
+}
+
+/// Syncs the catalog's commits made without a sync ([`Catalog::write_unsynced`])
+/// every second, until aborted: what such a commit risks in a power cut is
+/// at most the last second.
+async fn sync_catalog(catalog: Catalog) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let syncing = catalog.clone();
+        if let Err(error) = run_blocking(move || syncing.sync_unsynced()).await {
+            tracing::warn!(error = %crate::error::error_chain(&error), "could not sync the catalog's last commits; trying again in a second");
+        }
     }
 }
 

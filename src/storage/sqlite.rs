@@ -90,6 +90,12 @@ pub struct PoolSettings {
     /// revoke or a suspension is answered only once it survives a power
     /// cut. Tenant databases sync at checkpoints only (`NORMAL`).
     pub durable: bool,
+    /// The WAL is checkpointed into the file once it holds this many pages
+    /// (see `Writer::checkpoint`). A checkpoint writes each page changed
+    /// since the last one once, however often it changed, and syncs twice:
+    /// a database whose every commit touches the same few pages (the
+    /// catalog) checkpoints less often to write less.
+    pub checkpoint_pages: i32,
     /// Set to interrupt every statement of these connections (at shutdown,
     /// once the grace period is over); see [`PoolSettings::interrupt`].
     pub stopping: Arc<AtomicBool>,
@@ -115,6 +121,7 @@ impl PoolSettings {
                     .build(),
             ),
             durable: false,
+            checkpoint_pages: CHECKPOINT_PAGES,
             stopping: Arc::default(),
         }
     }
@@ -160,10 +167,9 @@ impl PoolSettings {
             if self.durable { "FULL" } else { "NORMAL" },
             self.cache_kib
         ))?;
-        if self.exclusive {
-            // Replaces SQLite's automatic checkpoints: see `Writer::checkpoint`.
-            conn.wal_hook(Some(note_wal_pages));
-        }
+        // Replaces SQLite's automatic checkpoints, which would run inside a
+        // commit, wherever it runs: see `Writer::checkpoint`.
+        conn.wal_hook(Some(note_wal_pages));
         if self.mmap_bytes > 0 {
             conn.pragma_update(None, "mmap_size", self.mmap_bytes as i64)?;
         }
@@ -184,9 +190,9 @@ impl PoolSettings {
 /// rather than wait here (the registry lets the closer finish first).
 pub const OWNER_LOCK_WAIT: Duration = Duration::from_millis(100);
 
-/// A WAL of this many pages is checkpointed into the file after the write
-/// batch that grew it there (SQLite's own default for its automatic
-/// checkpoints).
+/// By default, a WAL of this many pages is checkpointed into the file after
+/// the write batch that grew it there (SQLite's own default for its
+/// automatic checkpoints).
 const CHECKPOINT_PAGES: i32 = 1000;
 
 thread_local! {
@@ -312,6 +318,8 @@ pub struct Database {
     connections: u32,
     inline_reads: bool,
     inline_writes: bool,
+    /// Whether every commit is synced ([`PoolSettings::durable`]).
+    durable: bool,
     /// One permit per connection: the calls running on this database.
     /// Closed when it is retired.
     readers: Arc<Semaphore>,
@@ -322,8 +330,15 @@ pub struct Database {
     queue: Arc<std::sync::Mutex<WriteQueue>>,
     /// How many writes the writer's last batch held.
     last_batch: Arc<std::sync::atomic::AtomicUsize>,
-    /// Whether its one connection owns the file ([`PoolSettings::exclusive`]).
-    exclusive: bool,
+    /// For a database that syncs every commit: whether commits were made
+    /// without the sync since the last [`Database::sync_unsynced`].
+    unsynced: Option<Arc<AtomicBool>>,
+    /// [`PoolSettings::checkpoint_pages`].
+    checkpoint_pages: i32,
+    /// One permit: whoever commits (the writer, or a write committed on
+    /// its caller's thread) holds it, so that two transactions never wait
+    /// for each other in SQLite's busy handler.
+    committing: Arc<Semaphore>,
     /// One permit, held while a copy of the file is made
     /// ([`Database::with_still_file`]): no checkpoint runs meanwhile, and
     /// closing waits for it.
@@ -419,7 +434,7 @@ impl Database {
             // A migration that rewrote much is checkpointed now: the writer,
             // which checkpoints, may not run for as long as the tenant is
             // only read.
-            if WAL_PAGES.get() >= CHECKPOINT_PAGES {
+            if WAL_PAGES.get() >= settings.checkpoint_pages {
                 conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     .context(|| format!("checkpointing {}", path.display()))?;
             }
@@ -464,12 +479,15 @@ impl Database {
             pool: Arc::new(std::sync::Mutex::new(Some(pool))),
             connections: settings.connections,
             inline_reads: settings.inline_reads,
-            inline_writes: settings.inline_writes && settings.exclusive,
+            inline_writes: settings.inline_writes,
+            durable: settings.durable,
             readers: Arc::new(Semaphore::new(settings.connections as usize)),
             writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
             queue: Default::default(),
             last_batch: Default::default(),
-            exclusive: settings.exclusive,
+            unsynced: settings.durable.then(Default::default),
+            committing: Arc::new(Semaphore::new(1)),
+            checkpoint_pages: settings.checkpoint_pages,
             still: Arc::new(Semaphore::new(1)),
             stopping: settings.stopping.clone(),
             retired: tokio::sync::OnceCell::new(),
@@ -568,6 +586,39 @@ impl Database {
         self.write_in(turn, f).await
     }
 
+    /// [`Database::write`] whose commit, on a database that syncs every
+    /// commit, need not be synced before it is answered: it survives the
+    /// process being killed, and a power cut once [`Database::sync_unsynced`]
+    /// has run (or the next synced commit of any write). It is committed
+    /// with others that need no sync; one that does syncs them all.
+    pub async fn write_unsynced<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
+        let turn = self.write_turn().await.map_err(retired)?;
+        self.write_synced_or_not(turn, f, false).await
+    }
+
+    /// Syncs the commits made without a sync since the last time, if any
+    /// were (a checkpoint, which syncs the WAL first). Blocking.
+    pub fn sync_unsynced(&self) -> Result<()> {
+        let Some(unsynced) = &self.unsynced else {
+            return Ok(());
+        };
+        if !unsynced.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let synced = self.with_connection(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .context(|| "syncing commits".into())
+        });
+        if synced.is_err() {
+            unsynced.store(true, Ordering::Relaxed);
+        }
+        synced
+    }
+
     /// [`Database::read`] with a turn already taken.
     pub async fn read_in<T, F>(&self, turn: ReadTurn, f: F) -> Result<T>
     where
@@ -641,10 +692,28 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
     {
-        let (turn, f) = match self.try_write_inline(turn, f) {
+        self.write_synced_or_not(turn, f, true).await
+    }
+
+    async fn write_synced_or_not<T, F>(&self, turn: WriteTurn, f: F, synced: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
+        let (turn, f) = match self.try_write_inline(turn, f, synced) {
             Ok(done) => return done,
             Err(not_now) => not_now,
         };
+        self.queue_write(turn, f, synced).await
+    }
+
+    /// Queues a write for the writer; `synced`: whether its commit must be
+    /// synced before it is answered, on a database that syncs commits.
+    async fn queue_write<T, F>(&self, turn: WriteTurn, f: F, synced: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let write = Box::new(Write {
             f: Some(f),
@@ -652,6 +721,7 @@ impl Database {
             reply,
             deadline: deadline::current(),
             span: tracing::Span::current(),
+            synced,
             _turn: turn.permit,
         });
         let start = {
@@ -682,8 +752,11 @@ impl Database {
             pool: self.pool.clone(),
             path: self.path.clone(),
             identity: self.identity.clone(),
-            checkpoints: self.exclusive.then(|| self.still.clone()),
+            checkpoints: self.still.clone(),
+            checkpoint_pages: self.checkpoint_pages,
+            committing: self.committing.clone(),
             last_batch: self.last_batch.clone(),
+            unsynced: self.unsynced.clone(),
         }
     }
 
@@ -697,11 +770,13 @@ impl Database {
         &self,
         turn: WriteTurn,
         f: F,
+        synced: bool,
     ) -> std::result::Result<Result<T>, (WriteTurn, F)>
     where
         F: FnOnce(&Transaction) -> Result<T>,
     {
-        if !self.inline_writes {
+        // A sync waits for the disk: never on an async thread.
+        if !self.inline_writes || (self.durable && synced) {
             return Err((turn, f));
         }
         // Alone: no other write holds a turn (this one holds one), so none
@@ -718,8 +793,11 @@ impl Database {
                 .expect("the write queue is never poisoned");
             queue.writes.is_empty() && !queue.draining
         };
-        let Some(permit) = idle
-            .then(|| self.readers.clone().try_acquire_owned().ok())
+        let Some((permit, committing)) = idle
+            .then(|| {
+                let committing = self.committing.clone().try_acquire_owned().ok()?;
+                Some((self.readers.clone().try_acquire_owned().ok()?, committing))
+            })
             .flatten()
         else {
             return Err((turn, f));
@@ -732,6 +810,9 @@ impl Database {
         };
         let deadline = deadline::current();
         WAL_PAGES.set(0);
+        if self.durable {
+            set_synchronous(&conn, "NORMAL");
+        }
         let result = check_in_place(&self.path, &self.identity).and_then(|()| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 write_now(&mut conn, deadline.as_deref(), f)
@@ -742,17 +823,41 @@ impl Database {
             })
         });
         let pages = WAL_PAGES.get();
+        if let Some(unsynced) = self.unsynced.as_ref().filter(|_| self.durable) {
+            set_synchronous(&conn, "FULL");
+            unsynced.store(true, Ordering::Relaxed);
+        }
         // As for reads: the connection and the pool handle go before the
         // turns, so a retire holding every turn has nothing left in use.
         drop(conn);
         drop(pool);
+        drop(committing);
         drop(permit);
         drop(turn);
-        if pages >= CHECKPOINT_PAGES {
+        if pages >= self.checkpoint_pages {
             let writer = self.writer();
             tokio::task::spawn_blocking(move || writer.checkpoint_now());
         }
         Ok(result)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction now, on the calling
+    /// thread, and checkpoints the WAL if the commit made one due: for
+    /// start-up and other work that is already off the async threads.
+    pub fn write_now<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .pool()?
+            .get()
+            .context(|| "taking a database connection".into())?;
+        WAL_PAGES.set(0);
+        let value = write_now(&mut conn, None, f)?;
+        if WAL_PAGES.get() >= self.checkpoint_pages
+            && let Ok(_still) = self.still.try_acquire()
+        {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .context(|| "checkpointing".into())?;
+        }
+        Ok(value)
     }
 
     /// Runs `f` on a connection now, on the calling thread: for start-up and
@@ -1073,10 +1178,15 @@ struct Writer {
     pool: Arc<std::sync::Mutex<Option<Pool<Manager>>>>,
     path: PathBuf,
     identity: Arc<Identity>,
-    /// For a connection that owns its file, the checkpoints are the
-    /// writer's; none runs while this permit is taken (a copy is made).
-    checkpoints: Option<Arc<Semaphore>>,
+    /// The checkpoints are the writer's; none runs while this permit is
+    /// taken (a copy of the file is made).
+    checkpoints: Arc<Semaphore>,
+    checkpoint_pages: i32,
+    committing: Arc<Semaphore>,
     last_batch: Arc<std::sync::atomic::AtomicUsize>,
+    /// For a database that syncs every commit: set when a batch committed
+    /// without the sync ([`Database::write_unsynced`]).
+    unsynced: Option<Arc<AtomicBool>>,
 }
 
 impl Writer {
@@ -1112,11 +1222,15 @@ impl Writer {
     }
 
     /// Runs a batch; returns each write with what its caller must hear.
-    fn run(&self, mut batch: Vec<Box<dyn Pending>>) -> Vec<(Box<dyn Pending>, Result<()>)> {
+    fn run(&self, batch: Vec<Box<dyn Pending>>) -> Vec<(Box<dyn Pending>, Result<()>)> {
         // A connection permit, like a read's, so that the pool always has a
         // connection for whoever holds one: waiting here has no timeout,
         // waiting in the pool would.
-        let Ok(permit) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
+        let permits = self.runtime.block_on(async {
+            let committing = self.committing.clone().acquire_owned().await.ok()?;
+            Some((self.readers.clone().acquire_owned().await.ok()?, committing))
+        });
+        let Some((permit, committing)) = permits else {
             return fail_all(
                 batch,
                 Error::Unavailable("the database was closed; retry the call".into()),
@@ -1139,64 +1253,26 @@ impl Writer {
             Err(error) => return fail_all(batch, error),
         };
         WAL_PAGES.set(0);
-        if batch.len() == 1 {
-            let mut write = batch.pop().expect("one write");
-            let outcome = write.run_alone(&mut conn);
-            self.checkpoint(&conn, WAL_PAGES.get());
-            return vec![(write, outcome)];
+        // A batch of writes none of which needs its commit synced (on a
+        // database that syncs every commit) commits without the sync.
+        let unsynced = self
+            .unsynced
+            .as_ref()
+            .filter(|_| batch.iter().all(|w| !w.synced()));
+        if unsynced.is_some() {
+            set_synchronous(&conn, "NORMAL");
         }
-        let tx = match conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context(|| "starting a write transaction".into())
-        {
-            Ok(tx) => tx,
-            Err(error) => return fail_all(batch, error),
-        };
-        let mut finished = Vec::with_capacity(batch.len());
-        let mut kept = Vec::with_capacity(batch.len());
-        let mut writes = batch.into_iter();
-        for mut write in writes.by_ref() {
-            match write.run_in(&tx) {
-                Ran::Kept => kept.push(write),
-                Ran::Undone(error) => finished.push((write, Err(error))),
-                Ran::Broken(error) => {
-                    // SQLite rolled the whole transaction back (a write past
-                    // the quota does that): this write fails with its error;
-                    // the writes kept so far are undone through no fault of
-                    // theirs, and fail with one their callers may retry.
-                    // Those not run yet get a transaction of their own.
-                    finished.push((write, Err(error)));
-                    for write in kept.drain(..) {
-                        finished.push((
-                            write,
-                            Err(Error::Unavailable(
-                                "the write was undone with another write that failed in the same \
-                                 transaction; retry it"
-                                    .into(),
-                            )),
-                        ));
-                    }
-                    break;
-                }
-            }
-        }
-        let rest: Vec<_> = writes.collect();
-        if kept.is_empty() {
-            drop(tx);
-        } else {
-            match tx
-                .commit()
-                .context(|| "committing a write transaction".into())
-            {
-                Ok(()) => finished.extend(kept.into_iter().map(|w| (w, Ok(())))),
-                Err(error) => finished.extend(fail_all(kept, error)),
-            }
+        let (mut finished, rest) = commit(&mut conn, batch);
+        if let Some(unsynced) = unsynced {
+            unsynced.store(true, Ordering::Relaxed);
+            set_synchronous(&conn, "FULL");
         }
         self.checkpoint(&conn, WAL_PAGES.get());
         // The rest runs as a batch of its own, which takes a permit of its
         // own: this one goes first, or a batch with several broken writes
         // would wait for permits its own earlier rounds hold.
         drop(conn);
+        drop(committing);
         drop(permit);
         if !rest.is_empty() {
             finished.extend(self.run(rest));
@@ -1207,18 +1283,15 @@ impl Writer {
 
 impl Writer {
     /// Checkpoints the WAL into the file once the commits just made have
-    /// grown it past [`CHECKPOINT_PAGES`], as SQLite's automatic checkpoint
+    /// grown it past its threshold ([`PoolSettings::checkpoint_pages`]), as SQLite's automatic checkpoint
     /// would, unless a copy of the file is being made: then the next batch
     /// after the copy does it. A failed checkpoint loses nothing (the WAL
     /// keeps every commit) and is tried again after the next batch.
     fn checkpoint(&self, conn: &Connection, pages: i32) {
-        let Some(still) = &self.checkpoints else {
-            return;
-        };
-        if pages < CHECKPOINT_PAGES {
+        if pages < self.checkpoint_pages {
             return;
         }
-        let Ok(_still) = still.try_acquire() else {
+        let Ok(_still) = self.checkpoints.try_acquire() else {
             return;
         };
         let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -1246,8 +1319,80 @@ impl Writer {
             .expect("the pool lock is never poisoned")
             .clone();
         if let Some(conn) = pool.and_then(|pool| pool.get().ok()) {
-            self.checkpoint(&conn, CHECKPOINT_PAGES);
+            self.checkpoint(&conn, self.checkpoint_pages);
         }
+    }
+}
+
+/// Commits a batch of writes on `conn`: one alone in a transaction of its
+/// own, several in one transaction, each in a savepoint. Returns each write
+/// run, with what its caller must hear, and the writes not run yet (after
+/// one that broke the transaction), for a batch of their own.
+#[allow(clippy::type_complexity)]
+fn commit(
+    conn: &mut Connection,
+    mut batch: Vec<Box<dyn Pending>>,
+) -> (Vec<(Box<dyn Pending>, Result<()>)>, Vec<Box<dyn Pending>>) {
+    if batch.len() == 1 {
+        let mut write = batch.pop().expect("one write");
+        let outcome = write.run_alone(conn);
+        return (vec![(write, outcome)], Vec::new());
+    }
+    let tx = match conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .context(|| "starting a write transaction".into())
+    {
+        Ok(tx) => tx,
+        Err(error) => return (fail_all(batch, error), Vec::new()),
+    };
+    let mut finished = Vec::with_capacity(batch.len());
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut writes = batch.into_iter();
+    for mut write in writes.by_ref() {
+        match write.run_in(&tx) {
+            Ran::Kept => kept.push(write),
+            Ran::Undone(error) => finished.push((write, Err(error))),
+            Ran::Broken(error) => {
+                // SQLite rolled the whole transaction back (a write past
+                // the quota does that): this write fails with its error;
+                // the writes kept so far are undone through no fault of
+                // theirs, and fail with one their callers may retry.
+                // Those not run yet get a transaction of their own.
+                finished.push((write, Err(error)));
+                for write in kept.drain(..) {
+                    finished.push((
+                        write,
+                        Err(Error::Unavailable(
+                            "the write was undone with another write that failed in the same \
+                             transaction; retry it"
+                                .into(),
+                        )),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    let rest: Vec<_> = writes.collect();
+    if kept.is_empty() {
+        drop(tx);
+    } else {
+        match tx
+            .commit()
+            .context(|| "committing a write transaction".into())
+        {
+            Ok(()) => finished.extend(kept.into_iter().map(|w| (w, Ok(())))),
+            Err(error) => finished.extend(fail_all(kept, error)),
+        }
+    }
+    (finished, rest)
+}
+
+/// Sets how a connection syncs its commits (`PRAGMA synchronous`); a
+/// failure only costs a sync, or a sync skipped where one was due.
+fn set_synchronous(conn: &Connection, level: &str) {
+    if let Err(error) = conn.pragma_update(None, "synchronous", level) {
+        tracing::warn!(%error, level, "could not set how commits are synced");
     }
 }
 
@@ -1273,6 +1418,8 @@ enum Ran {
 
 /// A queued write, of whatever result type.
 trait Pending: Send {
+    /// Whether its commit must be synced before its caller hears it.
+    fn synced(&self) -> bool;
     /// Runs it in a transaction of its own.
     fn run_alone(&mut self, conn: &mut Connection) -> Result<()>;
     /// Runs it inside the batch's transaction, in a savepoint.
@@ -1287,6 +1434,7 @@ struct Write<T, F> {
     reply: tokio::sync::oneshot::Sender<Result<T>>,
     deadline: Option<Arc<Deadline>>,
     span: tracing::Span,
+    synced: bool,
     _turn: OwnedSemaphorePermit,
 }
 
@@ -1295,6 +1443,10 @@ where
     T: Send + 'static,
     F: FnOnce(&Transaction) -> Result<T> + Send + 'static,
 {
+    fn synced(&self) -> bool {
+        self.synced
+    }
+
     fn run_alone(&mut self, conn: &mut Connection) -> Result<()> {
         let _in_call = self.span.enter();
         let f = self.f.take().expect("a write runs once");

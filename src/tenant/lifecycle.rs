@@ -28,11 +28,12 @@ use crate::ids::{TenantId, TenantName};
 use crate::metrics::KindLabels;
 use crate::storage::data_dir::{self, DataDir};
 use crate::storage::schema::{self, Schema};
-use crate::storage::sqlite::{Database, run_blocking};
+use crate::storage::sqlite::run_blocking;
 use crate::storage::staging::StagedFile;
 use crate::tenant::Registry;
 use crate::tenant::operations::{self, Call, Done, Operations, Outcome, Restored};
 use crate::tenant::snapshot::{self, FileSummary};
+use crate::tenant::spares::Spares;
 
 /// Runs lifecycle operations. A cheap, clone-able handle.
 #[derive(Clone)]
@@ -40,6 +41,7 @@ pub struct Lifecycle {
     registry: Registry,
     auth: Authenticator,
     operations: Operations,
+    spares: Spares,
 }
 
 /// Changes asked of a tenant by UpdateTenant; `None` leaves a field alone.
@@ -81,11 +83,12 @@ fn file_name(path: &Path) -> String {
 }
 
 impl Lifecycle {
-    pub fn new(registry: Registry, auth: Authenticator) -> Self {
+    pub fn new(registry: Registry, auth: Authenticator, spares: Spares) -> Self {
         Lifecycle {
             registry,
             auth,
             operations: Operations::default(),
+            spares,
         }
     }
 
@@ -105,12 +108,15 @@ impl Lifecycle {
         self.registry.data_dir()
     }
 
-    /// Creates a tenant, as an operation: a `provisioning` catalog row,
-    /// then its database file (empty at the current schema, or a
-    /// consistent copy of `source`), then the row turns `active`. A failure
-    /// or a crash in between never leaves an active tenant without its file:
-    /// the operation rolls back what it made, and so does start-up after a
-    /// crash. Returns the operation's id and the tenant.
+    /// Creates a tenant, as an operation. An empty tenant takes a spare
+    /// file ([`crate::tenant::spares`]): the tenant row goes in active, in
+    /// one catalog transaction. A clone, or an empty tenant when no spare is
+    /// ready: a `provisioning` catalog row, then its database file (empty
+    /// at the current schema, or a consistent copy of `source`), then the
+    /// row turns `active`. A failure or a crash in between never leaves an
+    /// active tenant without its file: the operation rolls back what it
+    /// made, and so does start-up after a crash. Returns the operation's id
+    /// and the tenant.
     pub async fn create_tenant(
         &self,
         name: TenantName,
@@ -141,7 +147,12 @@ impl Lifecycle {
             ),
             request_id,
         };
-        let started = match self.operations.existing(self.catalog(), &call).await? {
+        let existing = match self.operations.existing(self.catalog(), &call).await? {
+            Some(started) => Some(started),
+            None if source.is_none() => self.create_from_spare(&tenant, &call, now).await?,
+            None => None,
+        };
+        let started = match existing {
             Some(started) => started,
             None => {
                 let row = tenant.clone();
@@ -174,6 +185,52 @@ impl Lifecycle {
         }
     }
 
+    fn count_creation(&self, kind: &'static str) {
+        self.registry
+            .metrics()
+            .tenants_created
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Creates an empty tenant from a spare file, if one is ready: the
+    /// tenant row (active), the operation's record (done) and its audit
+    /// event, in one catalog transaction; `None` if no spare is ready.
+    async fn create_from_spare(
+        &self,
+        tenant: &TenantRecord,
+        call: &Call,
+        now: Micros,
+    ) -> Result<Option<operations::Started>> {
+        let spares = self.spares.clone();
+        let (row, recorded) = (tenant.clone(), call.clone());
+        let started = self
+            .operations
+            // Answered before the catalog syncs it: the spare's file is
+            // durable already, and a creation lost in a power cut leaves
+            // nothing behind but the spare it would have taken.
+            .run_at_once(self.catalog(), call.clone(), false, move |tx, op| {
+                let Some(id) = spares.take(tx)? else {
+                    return Ok(None);
+                };
+                let tenant = TenantRecord {
+                    id,
+                    state: TenantState::Active,
+                    schema_version: spares.version(),
+                    ..row
+                };
+                store::insert_tenant(tx, &tenant)?;
+                let record = record(op, id, &recorded, now);
+                Ok(Some((record, Done::Created(tenant), String::new())))
+            })
+            .await?;
+        if started.is_some() {
+            self.spares.taken();
+            self.count_creation("spare");
+        }
+        Ok(started)
+    }
+
     /// The steps of a creation once it is recorded: the file, then the
     /// tenant active; on failure, the file and the row are removed again.
     async fn make_tenant(
@@ -196,6 +253,7 @@ impl Lifecycle {
             .await;
             return Err(error);
         }
+        self.count_creation(if source.is_some() { "copy" } else { "new" });
         fault::reached("create.after-file").await;
         tenant.state = TenantState::Active;
         tenant.schema_version = self.registry.schema().latest();
@@ -223,12 +281,10 @@ impl Lifecycle {
 
     async fn create_empty_file(&self, tenant: TenantId) -> Result<()> {
         let path = self.data_dir().tenant_file(tenant);
-        let pool = self.registry.pool_settings().clone();
-        let migrations = self.registry.schema().migrations();
+        let spares = self.spares.clone();
         run_blocking(move || {
-            Database::create(&path, &pool, |conn| {
-                schema::migrate(conn, migrations, &format!("tenant {tenant}")).map(|_| ())
-            })
+            spares.write_file(&path)?;
+            data_dir::sync_parent(&path)
         })
         .await
     }

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod operations;
 mod registry;
 pub mod snapshot;
+pub mod spares;
 pub mod usage;
 
 pub use lifecycle::{Lifecycle, recover};

@@ -285,6 +285,66 @@ impl Operations {
         }
     }
 
+    /// Runs an operation whose every change is one catalog transaction:
+    /// `changes`, given the operation's id, makes them and says what it did
+    /// (its record, its outcome, and more for its audit event), or `None`
+    /// to do nothing at all, in which case nothing is recorded. The
+    /// operation is recorded done, with its audit event, in the same
+    /// transaction, if its caller is still waiting: the commit is the point
+    /// of no return, and nothing is left for start-up to finish. `synced`:
+    /// whether the commit is synced before it is answered (see
+    /// [`Catalog::write_unsynced`]).
+    pub async fn run_at_once<C>(
+        &self,
+        catalog: &Catalog,
+        call: Call,
+        synced: bool,
+        changes: C,
+    ) -> Result<Option<Started>>
+    where
+        C: FnOnce(&rusqlite::Transaction, Uuid) -> Result<Option<(OperationRecord, Done, String)>>
+            + Send
+            + 'static,
+    {
+        let id = Uuid::now_v7();
+        let deadline = deadline::current();
+        let write = move |tx: &rusqlite::Transaction| {
+            let Some((op, done, detail)) = changes(tx, id)? else {
+                return Ok(None);
+            };
+            let time = now_micros();
+            let op = OperationRecord {
+                outcome: Some("OK".into()),
+                end_time: Some(time),
+                ..op
+            };
+            operations::insert_done(tx, &op)?;
+            crate::audit::record_in(tx, time, &end_event(&op, "OK".into(), &detail))?;
+            if let Some(deadline) = &deadline {
+                deadline.commit_operation(id)?;
+            }
+            Ok(Some(done))
+        };
+        let ran = match synced {
+            true => catalog.write(write).await,
+            false => catalog.write_unsynced(write).await,
+        };
+        match ran {
+            Ok(Some(done)) => {
+                let (_, done) = watch::channel(Some(Ok(done)));
+                Ok(Some(Started { id, done }))
+            }
+            Ok(None) => Ok(None),
+            // As in `start`: a retry that raced this one may have recorded
+            // the same call under the same request_id.
+            Err(error) if call.request_id.is_some() => match self.existing(catalog, &call).await {
+                Ok(Some(started)) => Ok(Some(started)),
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
     /// Lists operation `id` as the one running for `call`, until the guard
     /// returned is dropped (after its outcome is reported, before what it
     /// holds is released, and also if its steps panic).
@@ -476,18 +536,19 @@ pub fn finish(
         }
     };
     operations::finish(tx, op.id, &code, &message, &result, time)?;
+    crate::audit::record_in(tx, time, &end_event(op, code, detail))
+}
+
+/// The audit event of an operation's end, with outcome `code`.
+fn end_event(op: &OperationRecord, code: String, detail: &str) -> crate::audit::AdminCall {
     let detail = match detail {
         "" => format!("operation {}", op.id),
         more => format!("operation {}; {more}", op.id),
     };
-    crate::audit::record_in(
-        tx,
-        time,
-        &crate::audit::AdminCall {
-            action: op.action.clone(),
-            target: format!("tenants/{}", op.tenant_id),
-            outcome: code,
-            detail,
-        },
-    )
+    crate::audit::AdminCall {
+        action: op.action.clone(),
+        target: format!("tenants/{}", op.tenant_id),
+        outcome: code,
+        detail,
+    }
 }

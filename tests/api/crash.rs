@@ -20,7 +20,19 @@ use crate::common::{
 
 /// The server binary, started on `dir` with a crash point armed.
 fn start_crashing_at(dir: &TempDir, point: &str) -> ServerProcess {
-    ServerProcess::start(dir, &[(tenantry::fault::ENV, point)])
+    ServerProcess::start(
+        dir,
+        &[
+            (tenantry::fault::ENV, point),
+            ("TENANTRY_SPARE_TENANT_FILES", "0"),
+        ],
+    )
+}
+
+/// The servers here make no spare tenant files, so that the tenant files
+/// are the tenants' (spares have crash tests of their own).
+fn without_spares(config: &mut tenantry::Config) {
+    config.spare_tenant_files = 0;
 }
 
 /// Waits for the process to end, and checks it ended by crashing.
@@ -34,7 +46,7 @@ fn crashed(server: ServerProcess) {
 
 /// Sets up a data directory with an in-process server, then stops it.
 async fn prepared<T>(setup: impl AsyncFnOnce(&TestServer) -> T) -> (Arc<TempDir>, T) {
-    let server = spawn_in(Arc::new(TempDir::new().unwrap()), |_| {}).await;
+    let server = spawn_in(Arc::new(TempDir::new().unwrap()), without_spares).await;
     let made = setup(&server).await;
     (server.stop().await, made)
 }
@@ -93,7 +105,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
             "{name}: the half-made file is on disk before recovery"
         );
 
-        let server = spawn_in(dir.clone(), |_| {}).await;
+        let server = spawn_in(dir.clone(), without_spares).await;
         let mut admin = server.admin().await;
         let names: Vec<_> = admin
             .list_tenants(as_admin(ListTenantsRequest::default()))
@@ -118,7 +130,7 @@ async fn a_creation_cut_short_is_rolled_back_and_its_name_is_free() {
     }
 
     // The names are free again.
-    let server = spawn_in(dir, |_| {}).await;
+    let server = spawn_in(dir, without_spares).await;
     server.tenant("fresh").await;
     server.tenant("copy").await;
 }
@@ -148,7 +160,7 @@ async fn a_delete_cut_short_is_finished_at_start_up() {
         assert!(failed.is_err(), "{point}: {failed:?}");
         crashed(crashing);
 
-        let server = spawn_in(dir, |_| {}).await;
+        let server = spawn_in(dir, without_spares).await;
         let mut admin = server.admin().await;
         expect_code(
             admin
@@ -227,7 +239,7 @@ async fn a_purge_cut_short_erases_everything_at_start_up() {
     assert!(failed.is_err());
     crashed(crashing);
 
-    let server = spawn_in(dir, |_| {}).await;
+    let server = spawn_in(dir, without_spares).await;
     assert!(
         files_of(&server.data_dir(), &doomed.id).is_empty(),
         "{:?}",
@@ -279,7 +291,7 @@ async fn a_restore_cut_short_is_finished_at_start_up() {
         assert!(failed.is_err(), "{point}: {failed:?}");
         crashed(crashing);
 
-        let server = spawn_in(dir, |_| {}).await;
+        let server = spawn_in(dir, without_spares).await;
         assert_eq!(all_titles(&server, &acme).await, ["a2", "a1"], "{point}");
         let trash = files_under(&server.data_dir().join("trash"));
         assert_eq!(trash.len(), 1, "{point}: {trash:?}");

@@ -10,7 +10,7 @@ use tonic::Code;
 
 use crate::common::{
     TestServer, TestTenant, all_titles, as_admin, expect_code, files_under, integrity, new_item,
-    spawn, suspend, titles_in_file,
+    spawn, spawn_with, suspend, titles_in_file,
 };
 
 fn set_state(id: &str, state: TenantState) -> UpdateTenantRequest {
@@ -503,7 +503,8 @@ async fn keys_are_listed_without_secrets_and_a_revoked_key_is_refused_on_the_nex
 
 #[tokio::test]
 async fn a_clone_starts_with_a_copy_of_its_source_and_then_lives_apart() {
-    let server = spawn().await;
+    // Without spare files, so that every tenant file is a tenant's.
+    let server = spawn_with(|config| config.spare_tenant_files = 0).await;
     let template = server.tenant("template").await;
     create_items(&server, &template, &["welcome", "read the docs"]).await;
     let mut admin = server.admin().await;

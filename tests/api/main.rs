@@ -27,6 +27,7 @@ mod registry;
 mod restart;
 mod search;
 mod snapshots;
+mod spares;
 mod streams;
 mod tenants;
 mod usage;

@@ -339,9 +339,14 @@ async fn a_delete_that_started_finishes_and_frees_the_name_though_its_caller_gav
 #[tokio::test]
 async fn a_creation_that_started_is_joined_by_its_retry() {
     let (dir, _, _) = prepared_with_backup().await;
+    // Without spare files: a creation from a spare is one commit, with
+    // nothing to pause between.
     let server = ServerProcess::start(
         &dir,
-        &[(tenantry::fault::PAUSE_ENV, "create.after-file=3000")],
+        &[
+            (tenantry::fault::PAUSE_ENV, "create.after-file=3000"),
+            ("TENANTRY_SPARE_TENANT_FILES", "0"),
+        ],
     );
     let mut admin = server.admin().await;
     let create = pb::CreateTenantRequest {

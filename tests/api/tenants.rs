@@ -70,7 +70,8 @@ async fn a_created_tenant_is_active_with_its_own_file_and_can_be_read_back() {
 
 #[tokio::test]
 async fn names_are_unique_slugs() {
-    let server = spawn().await;
+    // Without spare files, so that every tenant file is a tenant's.
+    let server = spawn_with(|config| config.spare_tenant_files = 0).await;
     let mut admin = server.admin().await;
     admin
         .create_tenant(as_admin(create("acme", "")))
