@@ -52,6 +52,19 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_SPARE_TENANT_FILES", default_value_t = 256)]
     pub spare_tenant_files: usize,
 
+    /// Answer a CreateTenant served from a spare file only once its catalog
+    /// commit is synced to disk. By default it is answered once committed
+    /// (it survives a crash of the process at once, and a power cut once
+    /// the catalog syncs, within a second): a creation lost to a power cut
+    /// leaves nothing behind but the spare file it took.
+    #[arg(
+        long,
+        env = "TENANTRY_SYNC_CREATIONS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub sync_creations: bool,
+
     /// Page cache of an open tenant's connection, in KiB.
     #[arg(long, env = "TENANTRY_TENANT_CACHE_KIB", default_value_t = 512)]
     pub tenant_cache_kib: u32,

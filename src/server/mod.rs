@@ -123,6 +123,7 @@ impl OpenData {
             schema,
             registry.pool_settings(),
             config.spare_tenant_files,
+            config.sync_creations,
         )?;
         Ok(OpenData {
             data_dir,

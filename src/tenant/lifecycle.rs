@@ -203,13 +203,14 @@ impl Lifecycle {
         now: Micros,
     ) -> Result<Option<operations::Started>> {
         let spares = self.spares.clone();
+        let synced = spares.synced();
         let (row, recorded) = (tenant.clone(), call.clone());
         let started = self
             .operations
-            // Answered before the catalog syncs it: the spare's file is
-            // durable already, and a creation lost in a power cut leaves
-            // nothing behind but the spare it would have taken.
-            .run_at_once(self.catalog(), call.clone(), false, move |tx, op| {
+            // Unless --sync-creations, answered before the catalog syncs
+            // it: the spare's file is durable already, and a creation lost
+            // in a power cut leaves nothing behind but the spare it took.
+            .run_at_once(self.catalog(), call.clone(), synced, move |tx, op| {
                 let Some(id) = spares.take(tx)? else {
                     return Ok(None);
                 };

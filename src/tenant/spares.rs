@@ -50,6 +50,8 @@ struct Inner {
     template: Vec<u8>,
     /// How many spares to keep ready; 0 for none.
     target: usize,
+    /// Whether a creation from a spare is answered only once synced.
+    synced: bool,
     /// How many are ready, as far as this process knows: counted in the
     /// catalog when the background task starts, then kept here.
     ready: std::sync::atomic::AtomicUsize,
@@ -66,6 +68,7 @@ impl Spares {
         schema: &Schema,
         pool: &PoolSettings,
         target: usize,
+        synced: bool,
     ) -> Result<Self> {
         let scratch = data_dir
             .staging_dir()
@@ -84,6 +87,7 @@ impl Spares {
                 version: schema.latest(),
                 template: made?,
                 target,
+                synced,
                 ready: Default::default(),
                 wanted: tokio::sync::Notify::new(),
             }),
@@ -111,6 +115,12 @@ impl Spares {
         file.write_all(&self.inner.template)
             .context(|| format!("writing {}", path.display()))?;
         Ok(file)
+    }
+
+    /// Whether a creation from a spare is answered only once its catalog
+    /// commit is synced (`--sync-creations`).
+    pub fn synced(&self) -> bool {
+        self.inner.synced
     }
 
     /// The schema version of the files made here.
