@@ -101,6 +101,12 @@ fn check_trail(
                 .strip_prefix("keys/")
                 .is_some_and(|key| crate::ids::parse_canonical_uuid("actor", key).is_ok());
         let time: i64 = row.get(0)?;
+        if !crate::clock::is_not_future(time) {
+            return Ok(Err(
+                "its audit trail holds an event dated more than a day after this server's clock"
+                    .into(),
+            ));
+        }
         let valid = crate::clock::is_valid(time)
             && (!keyed_by_time || row.get::<_, i64>(4)? == time)
             && schema.writer_of(&row.get::<_, String>(1)?).is_some()

@@ -67,6 +67,18 @@ pub fn reading_after(now: Micros, newest: Option<(Uuid, Micros)>) -> Micros {
     now.max(time).max(past_id)
 }
 
+/// How far past this server's clock a snapshot's times may be: clocks of
+/// two machines disagree, but not by a day.
+const FUTURE_SLACK: Micros = 24 * 3600 * 1_000_000;
+
+/// Whether `micros` is no later than a day from now: a time in a snapshot
+/// past that was not written by a working clock, and a row dated there
+/// would hold every later write of its file back to it
+/// ([`reading_after`]).
+pub fn is_not_future(micros: Micros) -> bool {
+    micros <= now_micros().saturating_add(FUTURE_SLACK)
+}
+
 pub fn to_timestamp(micros: Micros) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

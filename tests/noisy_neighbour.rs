@@ -160,7 +160,13 @@ async fn a_tenant_flooding_the_server_does_not_starve_another() {
         refused.load(Ordering::Relaxed) > 0,
         "the flood stayed under the per-tenant limit"
     );
-    // Measured on 2 cores shared with both clients: 2.5 to 4.7 times in a
-    // debug build, 1.0 to 1.9 in a release build.
-    assert!(ratio < 8.0, "the quiet tenant slowed down {ratio:.1} times");
+    // Measured on 2 cores shared with both clients: 4.0 to 11.2 times in a
+    // debug build (where SQLite itself is built without optimisation, and
+    // the flood's commits run on the async threads the quiet reads need),
+    // 1.06 to 2.16 in a release build. Starving would be a hundred times.
+    let bound = if cfg!(debug_assertions) { 16.0 } else { 8.0 };
+    assert!(
+        ratio < bound,
+        "the quiet tenant slowed down {ratio:.1} times"
+    );
 }

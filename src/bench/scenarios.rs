@@ -381,7 +381,7 @@ pub async fn footprint(args: &BenchArgs) -> Result<bool, Failure> {
     // may open.
     let fit = hard_limit.saturating_sub(RESERVED_FDS) / FDS_PER_TENANT;
     let wanted = args.tenants.unwrap_or(10_000) as u64;
-    let top = wanted.min(fit / 1000 * 1000).max(1000);
+    let top = wanted.min(fit / 100 * 100).max(1000);
     if top < wanted {
         println!(
             "this machine's open-file limit is {hard_limit}: at {FDS_PER_TENANT} per tenant, {top} open tenants is the most it can measure, not {wanted}"
@@ -409,6 +409,7 @@ pub async fn footprint(args: &BenchArgs) -> Result<bool, Failure> {
         "open", "RSS KiB", "fds", "KiB per tenant", "fds per tenant"
     );
     let mut base: Option<Footprint> = None;
+    let mut last: Option<(usize, Footprint)> = None;
     let mut opened = 0;
     for level in levels {
         let mut calls = futures::stream::iter(opened..level)
@@ -446,7 +447,25 @@ pub async fn footprint(args: &BenchArgs) -> Result<bool, Failure> {
             "{:>8} {:>10} {:>8} {:>16} {:>16}   (server reports {open:.0} open)",
             level, now.rss_kib, now.fds, per_kib, per_fd
         );
+        last = Some((level, now));
         base.get_or_insert(now);
+    }
+    // Past what this machine's limit lets it measure: a line through the
+    // last two levels, since each open tenant costs about the same.
+    if let (Some(b), Some((level, now))) = (base, last)
+        && (level as u64) < wanted
+        && level > 0
+    {
+        let per_kib = (now.rss_kib as f64 - b.rss_kib as f64) / level as f64;
+        let per_fd = (now.fds as f64 - b.fds as f64) / level as f64;
+        println!(
+            "{:>8} {:>10.0} {:>8.0} {:>16.1} {:>16.2}   (extrapolated from {level})",
+            wanted,
+            b.rss_kib as f64 + per_kib * wanted as f64,
+            b.fds as f64 + per_fd * wanted as f64,
+            per_kib,
+            per_fd
+        );
     }
     Ok(true)
 }

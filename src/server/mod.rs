@@ -98,7 +98,12 @@ impl OpenData {
         let catalog = Catalog::open(&data_dir, &catalog_pool, disk)?;
         let schema = crate::resources::tenant_schema();
         crate::tenant::recover(&catalog, &data_dir, schema)?;
-        crate::tenant::spares::recover(&catalog, &data_dir, schema.latest())?;
+        crate::tenant::spares::recover(
+            &catalog,
+            &data_dir,
+            schema.latest(),
+            config.spare_tenant_files,
+        )?;
         let registry = Registry::new(
             catalog.clone(),
             data_dir.clone(),
@@ -341,6 +346,7 @@ impl Application {
         }
         // Operations whose callers are gone still run: let them end.
         let finished = operations.drain(config.shutdown_grace()).await;
+        let mut clean = drained && finished;
         if !(drained && finished) {
             // Past the grace period, no statement may hold up the stop.
             registry.pool_settings().interrupt();
@@ -351,6 +357,15 @@ impl Application {
         let catalog = registry.catalog().clone();
         if let Err(error) = run_blocking(move || catalog.sync_unsynced()).await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not sync the catalog's last commits");
+            clean = false;
+        }
+        if clean {
+            let data_dir = registry.data_dir().clone();
+            if let Err(error) =
+                run_blocking(move || crate::tenant::spares::stopped_cleanly(&data_dir)).await
+            {
+                tracing::warn!(error = %crate::error::error_chain(&error), "could not record the clean stop; the spare tenant files are made anew at the next start");
+            }
         }
         if let Err(error) = registry.flush_accesses().await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::audit::{self, AdminCall};
@@ -204,6 +205,10 @@ impl Lifecycle {
     ) -> Result<Option<operations::Started>> {
         let spares = self.spares.clone();
         let synced = spares.synced();
+        // Whether this call's transaction took one: a retried call is
+        // answered with the first one's operation, and takes none.
+        let took = Arc::new(AtomicBool::new(false));
+        let taking = took.clone();
         let (row, recorded) = (tenant.clone(), call.clone());
         let started = self
             .operations
@@ -214,6 +219,7 @@ impl Lifecycle {
                 let Some(id) = spares.take(tx)? else {
                     return Ok(None);
                 };
+                taking.store(true, Ordering::Relaxed);
                 let tenant = TenantRecord {
                     id,
                     state: TenantState::Active,
@@ -225,7 +231,7 @@ impl Lifecycle {
                 Ok(Some((record, Done::Created(tenant), String::new())))
             })
             .await?;
-        if started.is_some() {
+        if started.is_some() && took.load(Ordering::Relaxed) {
             self.spares.taken();
             self.count_creation("spare");
         }

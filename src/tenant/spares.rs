@@ -152,22 +152,7 @@ impl Spares {
     /// and waits to be told one was taken. A failed batch (a full disk, say)
     /// is tried again a second later.
     pub async fn keep_ready(self) {
-        let version = self.inner.version;
-        let counted = loop {
-            match self
-                .inner
-                .catalog
-                .read(move |conn| spares::count_ready(conn, version))
-                .await
-            {
-                Ok(counted) => break counted,
-                Err(error) => {
-                    tracing::warn!(error = %crate::error::error_chain(&error), "could not count the spare tenant files; trying again in a second");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        self.inner.ready.store(counted, Ordering::Relaxed);
+        self.recount().await;
         loop {
             // Refilled once a quarter is gone, in batches: so that a burst
             // of creations is not slowed by spares made one by one.
@@ -192,6 +177,30 @@ impl Spares {
                 tracing::warn!(error = %crate::error::error_chain(&error), "could not make spare tenant files; trying again in a second");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            // What the catalog holds, not what was counted on the way: a
+            // spare taken while the count was read, or a retried creation
+            // counted as taking one, does not leave the count wrong.
+            self.recount().await;
+        }
+    }
+
+    /// Reads how many spares are ready from the catalog, trying again each
+    /// second until it can.
+    async fn recount(&self) {
+        let version = self.inner.version;
+        loop {
+            match self
+                .inner
+                .catalog
+                .read(move |conn| spares::count_ready(conn, version))
+                .await
+            {
+                Ok(counted) => return self.inner.ready.store(counted, Ordering::Relaxed),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error::error_chain(&error), "could not count the spare tenant files; trying again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 
@@ -200,6 +209,9 @@ impl Spares {
     /// written on a blocking thread.
     async fn make(&self, count: usize) -> Result<()> {
         let catalog = &self.inner.catalog;
+        // Looked at now, not as last seen: a batch must not eat into the
+        // reserve the catalog was just given.
+        catalog.disk().check();
         catalog.disk().refuse_if_full()?;
         let ids: Vec<TenantId> = (0..count).map(|_| TenantId::new_random()).collect();
         let version = self.inner.version;
@@ -254,14 +266,27 @@ impl Spares {
     }
 }
 
+/// The file whose presence says the last stop was clean, its catalog
+/// synced: written at the end of a clean stop, removed at start-up.
+const CLEAN_STOP: &str = "stopped-cleanly";
+
 /// Removes, at start-up, the spares a stop interrupted (`making`), those of
 /// another schema version than `latest` (an upgrade; new ones are made at
-/// the new version), and the records of spares whose file is gone, with
-/// their files. Blocking.
-pub fn recover(catalog: &Catalog, data_dir: &DataDir, latest: u32) -> Result<()> {
-    for spare in catalog.read_now(spares::all)? {
+/// the new version), the records of spares whose file is gone, and every
+/// spare if none are wanted (`target` 0), with their files. After a stop
+/// that was not clean, every spare goes: a creation answered before the
+/// catalog synced it may have been lost in a power cut, its spare recorded
+/// ready again while its file, and its id, were already handed out.
+/// Blocking.
+pub fn recover(catalog: &Catalog, data_dir: &DataDir, latest: u32, target: usize) -> Result<()> {
+    let marker = data_dir.root().join(CLEAN_STOP);
+    let clean = marker.is_file();
+    let all = catalog.read_now(spares::all)?;
+    let mut removed = Vec::new();
+    for spare in all {
         let file = data_dir.tenant_file(spare.id);
-        let keep = spare.ready && spare.schema_version == latest && file.is_file();
+        let keep =
+            clean && target > 0 && spare.ready && spare.schema_version == latest && file.is_file();
         if keep {
             continue;
         }
@@ -269,7 +294,32 @@ pub fn recover(catalog: &Catalog, data_dir: &DataDir, latest: u32) -> Result<()>
             tracing::info!(spare = %spare.id, "removing a spare tenant file a stop interrupted");
         }
         data_dir::remove_database_files(&file)?;
-        catalog.write_now(|tx| spares::remove(tx, spare.id))?;
+        removed.push(spare.id);
+    }
+    if !clean && !removed.is_empty() {
+        tracing::info!(
+            count = removed.len(),
+            "the last stop was not clean: removed the spare tenant files, which a creation lost with the catalog's last second may have taken"
+        );
+    }
+    // Files first: a record whose file is gone is removed at the next start.
+    if !removed.is_empty() {
+        catalog.write_now(move |tx| removed.iter().try_for_each(|id| spares::remove(tx, *id)))?;
+    }
+    if clean {
+        std::fs::remove_file(&marker).context(|| format!("removing {}", marker.display()))?;
+        data_dir::sync_parent(&marker)?;
     }
     Ok(())
+}
+
+/// Records that the server stopped cleanly, every creation synced in the
+/// catalog: its spares are kept at the next start. Blocking.
+pub fn stopped_cleanly(data_dir: &DataDir) -> Result<()> {
+    let marker = data_dir.root().join(CLEAN_STOP);
+    let file =
+        std::fs::File::create(&marker).context(|| format!("creating {}", marker.display()))?;
+    file.sync_all()
+        .context(|| format!("syncing {}", marker.display()))?;
+    data_dir::sync_parent(&marker)
 }

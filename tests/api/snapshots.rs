@@ -68,13 +68,20 @@ fn crafted(dir: &Path, name: &str, good: &[u8], sql: &str) -> Vec<u8> {
 }
 
 const ITEM_COLUMNS: &str = "id, title, description, completed, create_time, update_time, revision";
-/// An id after every real one, and a creation time after theirs: a crafted
-/// row that breaks nothing but what its case breaks.
-const LAST_ID: &str = "unhex('ffffffffffff7fffbfffffffffffffff')";
-const LATE: i64 = 4_102_444_800_000_000;
+
+/// An id after every real one, and a creation time after theirs (an hour
+/// from now: later than a day is refused by itself): a crafted row that
+/// breaks nothing but what its case breaks.
+fn last_id_and_time() -> (String, i64) {
+    let late = tenantry::clock::now_micros() + 3_600_000_000;
+    let id = tenantry::clock::id_at(late);
+    (format!("unhex('{}')", id.simple()), late)
+}
 
 #[tokio::test]
 async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
+    let (last_id, late) = last_id_and_time();
+    let far = 253_402_300_799_999_999_i64;
     let server = spawn().await;
     let acme = server.tenant("acme").await;
     let mut items = server.items().await;
@@ -155,7 +162,7 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &format!(
                     "PRAGMA ignore_check_constraints = ON;
                      INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES (X'ff', 'x', '', 0, {LATE}, {LATE}, 1)"
+                     VALUES (X'ff', 'x', '', 0, {late}, {late}, 1)"
                 ),
             ),
         ),
@@ -167,7 +174,7 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &good,
                 &format!(
                     "INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES ({LAST_ID}, 'long', hex(zeroblob(1000000)), 0, {LATE}, {LATE}, 1)"
+                     VALUES ({last_id}, 'long', hex(zeroblob(1000000)), 0, {late}, {late}, 1)"
                 ),
             ),
         ),
@@ -179,7 +186,7 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &good,
                 &format!(
                     "INSERT INTO items ({ITEM_COLUMNS})
-                     VALUES ({LAST_ID}, 'bell' || char(7), '', 0, {LATE}, {LATE}, 1)"
+                     VALUES ({last_id}, 'bell' || char(7), '', 0, {late}, {late}, 1)"
                 ),
             ),
         ),
@@ -233,7 +240,44 @@ async fn crafted_snapshots_are_refused_and_leave_nothing_of_themselves() {
                 &format!(
                     "PRAGMA ignore_check_constraints = ON;
                      INSERT INTO audit_events (id, time, action, item_id, actor)
-                     VALUES (1, {LATE}, 'CreateItem', '{}', 'admin')",
+                     VALUES (1, {late}, 'CreateItem', '{}', 'admin')",
+                    uuid::Uuid::new_v4()
+                ),
+            ),
+        ),
+        (
+            "an item dated at the end of time",
+            crafted(
+                dir,
+                "future-item.db",
+                &good,
+                &format!(
+                    "INSERT INTO items ({ITEM_COLUMNS})
+                     VALUES ({last_id}, 'later', '', 0, {far}, {far}, 1)"
+                ),
+            ),
+        ),
+        (
+            "an id dated at the end of time",
+            crafted(
+                dir,
+                "future-id.db",
+                &good,
+                &format!(
+                    "INSERT INTO items ({ITEM_COLUMNS})
+                     VALUES (unhex('ffffffffffff7fffbfffffffffffffff'), 'later', '', 0, {late}, {late}, 1)"
+                ),
+            ),
+        ),
+        (
+            "an audit event dated at the end of time",
+            crafted(
+                dir,
+                "future-event.db",
+                &good,
+                &format!(
+                    "INSERT INTO audit_events (id, time, action, item_id, actor)
+                     VALUES ({far}, {far}, 'CreateItem', '{}', 'admin')",
                     uuid::Uuid::new_v4()
                 ),
             ),

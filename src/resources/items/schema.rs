@@ -173,12 +173,27 @@ fn check_rows(conn: &Connection, version: u32, _: &Schema) -> Result<(), String>
             false => crate::ids::parse_canonical_uuid("id", &row.get::<_, String>(0)?).ok(),
         };
         let create_time: i64 = row.get(4)?;
+        let update_time: i64 = row.get(5)?;
+        let future = [
+            Some(create_time),
+            Some(update_time),
+            id.as_ref().and_then(crate::clock::time_of_id),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|time| !crate::clock::is_not_future(time));
+        if future {
+            let named = id.map_or_else(|| "with a malformed id".to_owned(), |id| id.to_string());
+            return Ok(Err(format!(
+                "item {named} is dated more than a day after this server's clock"
+            )));
+        }
         let valid = id.is_some()
             && super::store::check_title("title", &row.get::<_, String>(1)?).is_ok()
             && super::store::check_description("description", &row.get::<_, String>(2)?).is_ok()
             && (0..=1).contains(&row.get::<_, i64>(3)?)
             && crate::clock::is_valid(create_time)
-            && crate::clock::is_valid(row.get(5)?)
+            && crate::clock::is_valid(update_time)
             && (1..=MAX_REVISION).contains(&row.get::<_, i64>(6)?)
             && row
                 .get::<_, Option<i64>>(7)?
