@@ -30,7 +30,7 @@ export TENANTRY_ADMIN_TOKEN=hostile-load-admin-token-0123456789
 PORT=$((40000 + RANDOM % 20000))
 ADDR=127.0.0.1:$PORT
 SERVER=
-trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
+trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null && wait $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
 
 # Starts the server, after running "$1" in its shell (a ulimit), with "${@:2}".
 start() {

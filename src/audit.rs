@@ -103,7 +103,7 @@ fn check_trail(
         let time: i64 = row.get(0)?;
         if !crate::clock::is_not_future(time) {
             return Ok(Err(
-                "its audit trail holds an event dated more than a day after this server's clock"
+                "its audit trail holds an event dated more than a year after this server's clock"
                     .into(),
             ));
         }

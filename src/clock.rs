@@ -67,14 +67,14 @@ pub fn reading_after(now: Micros, newest: Option<(Uuid, Micros)>) -> Micros {
     now.max(time).max(past_id)
 }
 
-/// How far past this server's clock a snapshot's times may be: clocks of
-/// two machines disagree, but not by a day.
-const FUTURE_SLACK: Micros = 24 * 3600 * 1_000_000;
+/// How far past this server's clock a snapshot's times may be: a year, so
+/// that a file written by a machine whose clock once ran ahead (a virtual
+/// machine started with a wrong clock, say) is still taken back, while one
+/// dated at the end of time, which would hold every later write of its
+/// file there ([`reading_after`]), is not.
+const FUTURE_SLACK: Micros = 366 * 24 * 3600 * 1_000_000;
 
-/// Whether `micros` is no later than a day from now: a time in a snapshot
-/// past that was not written by a working clock, and a row dated there
-/// would hold every later write of its file back to it
-/// ([`reading_after`]).
+/// Whether `micros` is no later than a year from now.
 pub fn is_not_future(micros: Micros) -> bool {
     micros <= now_micros().saturating_add(FUTURE_SLACK)
 }

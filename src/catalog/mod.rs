@@ -108,6 +108,12 @@ impl Catalog {
         self.db.sync_unsynced()
     }
 
+    /// Syncs the catalog's log whatever is known of it: the last sync of a
+    /// stop, after which the stop may be recorded as clean. Blocking.
+    pub fn sync_now(&self) -> Result<()> {
+        self.db.sync_log_now()
+    }
+
     /// Runs `f` in a write transaction (committed durably: the catalog is
     /// synced at every commit), on a blocking thread.
     pub async fn write<T, F>(&self, f: F) -> Result<T>

@@ -98,12 +98,6 @@ impl OpenData {
         let catalog = Catalog::open(&data_dir, &catalog_pool, disk)?;
         let schema = crate::resources::tenant_schema();
         crate::tenant::recover(&catalog, &data_dir, schema)?;
-        crate::tenant::spares::recover(
-            &catalog,
-            &data_dir,
-            schema.latest(),
-            config.spare_tenant_files,
-        )?;
         let registry = Registry::new(
             catalog.clone(),
             data_dir.clone(),
@@ -166,6 +160,14 @@ impl Application {
                 setup.admin_token.as_ref(),
                 setup.admin_token_file.as_deref(),
                 &data.data_dir,
+            )?;
+            // Here, not in `OpenData::open`: only a server takes spares, and
+            // only its clean stop records that it stopped cleanly.
+            crate::tenant::spares::recover(
+                &data.catalog,
+                &data.data_dir,
+                crate::resources::tenant_schema().latest(),
+                setup.spare_tenant_files,
             )?;
             Ok((data, token))
         })
@@ -355,7 +357,7 @@ impl Application {
         registry.pool_settings().resume();
         tracing::info!("every tenant database is closed");
         let catalog = registry.catalog().clone();
-        if let Err(error) = run_blocking(move || catalog.sync_unsynced()).await {
+        if let Err(error) = run_blocking(move || catalog.sync_now()).await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not sync the catalog's last commits");
             clean = false;
         }

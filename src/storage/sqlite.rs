@@ -333,6 +333,9 @@ pub struct Database {
     /// For a database that syncs every commit: whether commits were made
     /// without the sync since the last [`Database::sync_unsynced`].
     unsynced: Option<Arc<AtomicBool>>,
+    /// Held while the log is synced, so that a sync that finds nothing to
+    /// do waits for one under way (and sees its failure).
+    syncing: Arc<std::sync::Mutex<()>>,
     /// [`PoolSettings::checkpoint_pages`].
     checkpoint_pages: i32,
     /// One permit: whoever commits (the writer, or a write committed on
@@ -485,7 +488,10 @@ impl Database {
             writes: Arc::new(Semaphore::new(QUEUED_WRITES as usize)),
             queue: Default::default(),
             last_batch: Default::default(),
-            unsynced: settings.durable.then(Default::default),
+            // Unsynced at first: a process killed before may have left
+            // commits that no sync has reached yet.
+            unsynced: settings.durable.then(|| Arc::new(AtomicBool::new(true))),
+            syncing: Default::default(),
             committing: Arc::new(Semaphore::new(1)),
             checkpoint_pages: settings.checkpoint_pages,
             still: Arc::new(Semaphore::new(1)),
@@ -601,30 +607,44 @@ impl Database {
     }
 
     /// Syncs the commits made without a sync since the last time, if any
-    /// were: an fdatasync of the write-ahead log, where they are. (Not a
-    /// checkpoint: one that a reader keeps from copying the log syncs
-    /// nothing.) Blocking.
+    /// were: an fdatasync of the write-ahead log, where they are, and of
+    /// its directory (a log SQLite made anew since is not otherwise synced
+    /// into it). Not a checkpoint: one that a reader keeps from copying the
+    /// log syncs nothing. Blocking.
     pub fn sync_unsynced(&self) -> Result<()> {
+        self.sync_log(false)
+    }
+
+    /// [`Database::sync_unsynced`] whether or not commits are known to be
+    /// unsynced: the last sync of a stop. Blocking.
+    pub fn sync_log_now(&self) -> Result<()> {
+        self.sync_log(true)
+    }
+
+    fn sync_log(&self, always: bool) -> Result<()> {
         let Some(unsynced) = &self.unsynced else {
             return Ok(());
         };
-        if !unsynced.swap(false, Ordering::Relaxed) {
+        let _syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        if !unsynced.swap(false, Ordering::Relaxed) && !always {
             return Ok(());
         }
         // A commit that ends after the swap sets the flag again, for the
         // next sync; one that ended before it is in the file synced here.
-        // SQLite takes no lock on the log, so this descriptor's close
-        // drops none of its locks.
+        // SQLite takes no lock on the log (its locks are on the database
+        // and the `-shm`), so this descriptor's close drops none of them.
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         let synced = match std::fs::File::open(&wal) {
-            Ok(file) => file.sync_data(),
+            Ok(file) => file
+                .sync_data()
+                .context(|| format!("syncing {}", wal.display()))
+                .and_then(|()| crate::storage::data_dir::sync_parent(&wal)),
             // No log: every connection closed, which checkpointed it.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error),
-        }
-        .context(|| format!("syncing {}", wal.display()));
+            Err(error) => Err(error).context(|| format!("opening {}", wal.display())),
+        };
         if synced.is_err() {
             unsynced.store(true, Ordering::Relaxed);
         }

@@ -70,7 +70,7 @@ fn crafted(dir: &Path, name: &str, good: &[u8], sql: &str) -> Vec<u8> {
 const ITEM_COLUMNS: &str = "id, title, description, completed, create_time, update_time, revision";
 
 /// An id after every real one, and a creation time after theirs (an hour
-/// from now: later than a day is refused by itself): a crafted row that
+/// from now: later than a year is refused by itself): a crafted row that
 /// breaks nothing but what its case breaks.
 fn last_id_and_time() -> (String, i64) {
     let late = tenantry::clock::now_micros() + 3_600_000_000;

@@ -185,7 +185,7 @@ fn check_rows(conn: &Connection, version: u32, _: &Schema) -> Result<(), String>
         if future {
             let named = id.map_or_else(|| "with a malformed id".to_owned(), |id| id.to_string());
             return Ok(Err(format!(
-                "item {named} is dated more than a day after this server's clock"
+                "item {named} is dated more than a year after this server's clock"
             )));
         }
         let valid = id.is_some()
