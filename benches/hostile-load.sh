@@ -13,9 +13,11 @@
 #   bash benches/hostile-load.sh idle              3,500 idle connections under a 3,400
 #                                                  descriptor limit: CPU the server spends on
 #                                                  them, and whether tenants still open
-#   bash benches/hostile-load.sh hot [SECONDS]     not hostile: the hot path from outside, GetItem of
+#   bash benches/hostile-load.sh hot [SECONDS] [TENANTS]
+#                                                  not hostile: the hot path from outside, GetItem of
 #                                                  an existing item against Health/Check, each on
-#                                                  8 connections x 16 streams, alternated twice
+#                                                  8 connections x 16 streams spread over TENANTS
+#                                                  (1, 2, 4 or 8), alternated twice
 #
 # BIN names another binary to measure (an older build, say) the same way.
 set -euo pipefail
@@ -129,34 +131,54 @@ PY
 }
 
 hot() {
-  local seconds=${1:-10}
-  start ""
-  local tenant_id tenant_key item
-  tenant_id=$(tenant hot); tenant_key=$(key "$tenant_id")
+  local seconds=${1:-10} tenants=${2:-1}
+  # All streams on one tenant would meet its limit on calls in flight (32
+  # by default), and each refusal is a 200 to h2load.
+  start "" --tenant-max-concurrent-calls 256
   local grpc=(-H 'content-type: application/grpc' -H 'te: trailers')
-  local auth=(-H "authorization: Bearer $tenant_key" -H "x-tenant-id: $tenant_id")
-  # One item, made with curl (HTTP/2 without TLS), its id read from the
-  # answer: a gRPC frame of an Item whose first field is the id.
-  item=$(curl -s --http2-prior-knowledge "${grpc[@]}" "${auth[@]}" --data-binary @"$DIR/create.bin" \
-    http://$ADDR/tenantry.v1.ItemService/CreateItem |
-    python3 -c 'import sys; b = sys.stdin.buffer.read()[5:]; assert b[0] == 0x0a; print(b[2:2 + b[1]].decode())')
-  python3 - "$DIR" "$item" <<'PY'
+  local n t tenant_id tenant_key item
+  # h2load sends the same headers on every stream: one h2load process per
+  # tenant, 8 connections x 16 streams in all, the same for Health/Check.
+  local per=$((8 / tenants))
+  for n in $(seq "$tenants"); do
+    tenant_id=$(tenant "hot-$n"); tenant_key=$(key "$tenant_id")
+    printf '%s\n%s\n' "$tenant_id" "$tenant_key" >"$DIR/tenant-$n"
+    # One item, made with curl (HTTP/2 without TLS), its id read from the
+    # answer: a gRPC frame of an Item whose first field is the id.
+    item=$(curl -s --http2-prior-knowledge "${grpc[@]}" -H "authorization: Bearer $tenant_key" \
+      -H "x-tenant-id: $tenant_id" --data-binary @"$DIR/create.bin" \
+      http://$ADDR/tenantry.v1.ItemService/CreateItem |
+      python3 -c 'import sys; b = sys.stdin.buffer.read()[5:]; assert b[0] == 0x0a; print(b[2:2 + b[1]].decode())')
+    python3 - "$DIR/get-$n.bin" "$item" <<'PY'
 import struct, sys
 body = b"\x0a" + bytes([len(sys.argv[2])]) + sys.argv[2].encode()
-open(sys.argv[1] + "/get-hit.bin", "wb").write(b"\0" + struct.pack(">I", len(body)) + body)
+open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(body)) + body)
 PY
-  # The frames h2load sends are answered with the item (h2load itself
-  # sees only the HTTP status, 200 for any gRPC answer).
-  curl -s --http2-prior-knowledge "${grpc[@]}" "${auth[@]}" --data-binary @"$DIR/get-hit.bin" \
-    http://$ADDR/tenantry.v1.ItemService/GetItem | grep -q "$item" || { echo "GetItem does not answer with the item" >&2; exit 1; }
+    # The frames h2load sends are answered with the item (h2load itself
+    # sees only the HTTP status, 200 for any gRPC answer).
+    curl -s --http2-prior-knowledge "${grpc[@]}" -H "authorization: Bearer $tenant_key" \
+      -H "x-tenant-id: $tenant_id" --data-binary @"$DIR/get-$n.bin" \
+      http://$ADDR/tenantry.v1.ItemService/GetItem | grep -q "$item" ||
+      { echo "GetItem does not answer with the item" >&2; exit 1; }
+  done
+  # Runs h2load once per tenant at once, on METHOD with each tenant's
+  # frame (or FRAME for all); the sum of their rates.
+  load() {
+    local method=$1 frame=${2:-}
+    for n in $(seq "$tenants"); do
+      { read -r t; read -r k; } <"$DIR/tenant-$n"
+      h2load -c"$per" -m16 -D "$seconds" --warm-up-time=2 "${grpc[@]}" \
+        -H "authorization: Bearer $k" -H "x-tenant-id: $t" -d "${frame:-$DIR/get-$n.bin}" \
+        "http://$ADDR/$method" >"$DIR/load-$n.txt" &
+    done
+    wait
+    cat "$DIR"/load-*.txt | awk '/^finished in/ {sum += $4} END {printf "%.0f", sum}'
+  }
   local health get
   for round in 1 2; do
-    health=$(h2load -c8 -m16 -D "$seconds" --warm-up-time=2 "${grpc[@]}" -d "$DIR/empty.bin" \
-      http://$ADDR/grpc.health.v1.Health/Check | awk '/^finished in/ {print $4}')
-    get=$(h2load -c8 -m16 -D "$seconds" --warm-up-time=2 "${grpc[@]}" "${auth[@]}" -d "$DIR/get-hit.bin" \
-      http://$ADDR/tenantry.v1.ItemService/GetItem | tee "$DIR/get.txt" | awk '/^finished in/ {print $4}')
-    grep -qE "^status codes: [0-9]+ 2xx" "$DIR/get.txt" || { cat "$DIR/get.txt"; exit 1; }
-    echo "round $round: Health/Check $health req/s, GetItem $get req/s: $(python3 -c "print(f'{$get / $health:.2f}')") of Health/Check"
+    health=$(load grpc.health.v1.Health/Check "$DIR/empty.bin")
+    get=$(load tenantry.v1.ItemService/GetItem)
+    echo "round $round, $tenants tenant(s): Health/Check $health req/s, GetItem $get req/s: $(python3 -c "print(f'{$get / $health:.2f}')") of Health/Check"
   done
 }
 
@@ -164,6 +186,6 @@ case "${1:-}" in
   noisy) noisy "${2:-20}" ;;
   watches) watches "${2:-20}" ;;
   idle) idle ;;
-  hot) hot "${2:-10}" ;;
-  *) sed -n '2,21p' "$0"; exit 2 ;;
+  hot) hot "${2:-10}" "${3:-1}" ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac
