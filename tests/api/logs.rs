@@ -15,8 +15,12 @@ fn finished_calls(lines: &[serde_json::Value]) -> Vec<(String, serde_json::Value
         .iter()
         .filter(|line| line["fields"]["message"] == "call finished")
         .map(|line| {
-            let span = line["span"].clone();
-            (span["method"].as_str().unwrap_or_default().to_owned(), span)
+            // The span's fields, and the event's own (the code, the latency).
+            let mut call = line["span"].clone();
+            if let (Some(call), Some(fields)) = (call.as_object_mut(), line["fields"].as_object()) {
+                call.extend(fields.clone());
+            }
+            (call["method"].as_str().unwrap_or_default().to_owned(), call)
         })
         .collect()
 }
