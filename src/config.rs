@@ -56,7 +56,7 @@ pub struct Config {
     /// commit is synced to disk. By default it is answered once committed
     /// (it survives a crash of the process at once, and a power cut once
     /// the catalog syncs, within a second): a creation lost to a power cut
-    /// leaves nothing behind but the spare file it took.
+    /// leaves no tenant, and its spare file is never handed out again.
     #[arg(
         long,
         env = "TENANTRY_SYNC_CREATIONS",

@@ -213,8 +213,9 @@ impl Lifecycle {
         let started = self
             .operations
             // Unless --sync-creations, answered before the catalog syncs
-            // it: the spare's file is durable already, and a creation lost
-            // in a power cut leaves nothing behind but the spare it took.
+            // it: the spare's file is durable already, and after a power cut
+            // every spare is made anew ([`crate::tenant::spares::recover`]),
+            // so a lost creation's file and id are never handed out again.
             .run_at_once(self.catalog(), call.clone(), synced, move |tx, op| {
                 let Some(id) = spares.take(tx)? else {
                     return Ok(None);

@@ -44,8 +44,7 @@ async fn until_ready(data: &Path, count: usize) {
             "{count} spares were not made in 30 s: {:?}",
             spares(data)
         );
-        tokio::task::yield_now().await;
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
