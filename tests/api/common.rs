@@ -51,7 +51,21 @@ pub async fn spawn_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Config)) ->
     config.admin_token = Some(Secret::new(ADMIN_TOKEN));
     config.admin_token_file = None;
     configure(&mut config);
-    let app = Application::build(config).await.expect("the server starts");
+    // The directory's lock (flock) of a server stopped a moment ago lives on
+    // in a process that another test forked meanwhile and that has not
+    // reached its exec yet: wait for it to let go, a few seconds at most.
+    let started = std::time::Instant::now();
+    let app = loop {
+        match Application::build(config.clone()).await {
+            Err(tenantry::error::Error::FailedPrecondition(message))
+                if message.contains("in use by another tenantry process")
+                    && started.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            built => break built.expect("the server starts"),
+        }
+    };
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let registry = app.registry();
