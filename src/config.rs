@@ -260,6 +260,23 @@ pub struct Config {
     /// of logging each one.
     #[arg(long, env = "TENANTRY_LOG_SUMMARY_SECS", default_value_t = 10)]
     pub log_summary_secs: u64,
+
+    /// Where every tenant's WAL is replicated: `s3://BUCKET/PREFIX` (any
+    /// S3-compatible store; credentials and region from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and AWS_REGION) or `file:///PATH` (a directory,
+    /// for example on another disk). Off when not set.
+    #[arg(long, env = "TENANTRY_REPLICA")]
+    pub replica: Option<String>,
+
+    /// The endpoint of an S3-compatible store that is not AWS, such as
+    /// `http://127.0.0.1:8333`.
+    #[arg(long, env = "TENANTRY_REPLICA_ENDPOINT")]
+    pub replica_endpoint: Option<String>,
+
+    /// At most this many milliseconds between a commit and the upload of
+    /// the WAL frames that hold it.
+    #[arg(long, env = "TENANTRY_REPLICA_SYNC_MS", default_value_t = 1000)]
+    pub replica_sync_ms: u64,
 }
 
 fn admin_token_from_env() -> Option<Secret> {
@@ -279,6 +296,16 @@ impl Config {
         let mut config = Config::parse_from(["tenantry"]);
         config.data_dir = data_dir.into();
         config
+    }
+
+    /// Where and how tenants are replicated, if they are.
+    pub fn replica(&self) -> Option<crate::replica::Settings> {
+        let url = self.replica.clone()?;
+        Some(crate::replica::Settings {
+            url,
+            endpoint: self.replica_endpoint.clone(),
+            sync_interval: Duration::from_millis(self.replica_sync_ms.max(1)),
+        })
     }
 
     pub fn tenant_idle(&self) -> Duration {

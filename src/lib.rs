@@ -74,6 +74,7 @@ pub mod ids;
 pub mod layers;
 pub mod metrics;
 pub mod pagination;
+pub mod replica;
 pub mod resources;
 pub mod server;
 pub mod storage;

@@ -32,6 +32,8 @@ struct Cli {
     serve: Config,
 }
 
+// Parsed once per process: the size of `serve`'s settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC API (the default).

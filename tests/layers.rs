@@ -28,6 +28,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("pb", 0),
     // One SQLite database, its writer and schema, files on disk.
     ("storage", 1),
+    // Replication of tenant files to object storage: the storage's WAL
+    // hooks, shipped; the registry attaches it to each file it opens.
+    ("replica", 2),
     // The catalog database: tenants, keys, operations, admin events.
     ("catalog", 2),
     // Credentials and the admin audit trail, over the catalog.

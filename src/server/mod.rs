@@ -172,6 +172,10 @@ impl Application {
             Ok((data, token))
         })
         .await?;
+        if let Some(settings) = config.replica() {
+            let replica = crate::replica::Replica::start(&settings, &data.data_dir).await?;
+            data.registry.replicate_to(replica);
+        }
         let auth = Authenticator::new(
             &admin_token,
             data.catalog.clone(),

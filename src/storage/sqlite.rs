@@ -29,6 +29,7 @@
 //! until its SQL is done.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -301,6 +302,27 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
+/// What replication needs to hear of a database's WAL
+/// ([`Database::set_wal_log`]): every commit, and every checkpoint, which
+/// it may hold back until the frames it would overwrite are shipped.
+pub trait WalLog: Send + Sync + 'static {
+    /// A commit left the WAL `frames` frames long. Called by whoever
+    /// committed, before anything else can use the connection.
+    fn committed(&self, frames: u32);
+    /// Whether a checkpoint may run now: no frame of the WAL is waiting to
+    /// be shipped.
+    fn may_checkpoint(&self) -> bool;
+    /// A checkpoint copied every frame of the WAL into the file, so the
+    /// next commit starts the WAL anew.
+    fn checkpointed(&self);
+    /// The database is about to close, which checkpoints the WAL and
+    /// deletes it: the last chance to ship its frames.
+    fn closing(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// The database is closed: its file is whole, and nothing has it open
+    /// until this returns.
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// Flags for files that must already exist: a missing tenant file is an
 /// error, never a silently empty tenant; and a symbolic link is never
 /// followed to whatever file it names.
@@ -350,6 +372,8 @@ pub struct Database {
     stopping: Arc<AtomicBool>,
     /// Set once [`Database::retire`] has closed it.
     retired: tokio::sync::OnceCell<()>,
+    /// Told of every commit and checkpoint, when the database is replicated.
+    wal_log: Arc<std::sync::OnceLock<Arc<dyn WalLog>>>,
     /// True once it is closed, for those who wait without closing it.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -497,6 +521,7 @@ impl Database {
             still: Arc::new(Semaphore::new(1)),
             stopping: settings.stopping.clone(),
             retired: tokio::sync::OnceCell::new(),
+            wal_log: Default::default(),
             closed: tokio::sync::watch::Sender::new(false),
         };
         Ok((database, prepared))
@@ -529,6 +554,28 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Has `log` told of every commit and checkpoint from now on; a
+    /// database has one log, set once.
+    pub fn set_wal_log(&self, log: Arc<dyn WalLog>) {
+        if self.wal_log.set(log).is_err() {
+            tracing::error!(path = %self.path.display(), "a database's WAL log was set twice");
+        }
+    }
+
+    /// The database's write-ahead log file.
+    pub fn wal_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push("-wal");
+        PathBuf::from(name)
+    }
+
+    /// Checkpoints the WAL soon, on a blocking thread, in a turn of its own,
+    /// if its log lets it ([`WalLog::may_checkpoint`]).
+    pub fn checkpoint_soon(&self) {
+        let writer = self.writer();
+        tokio::task::spawn_blocking(move || writer.checkpoint_now());
     }
 
     /// Whether [`Database::retire`] has closed it.
@@ -789,6 +836,7 @@ impl Database {
             committing: self.committing.clone(),
             last_batch: self.last_batch.clone(),
             unsynced: self.unsynced.clone(),
+            wal_log: self.wal_log.clone(),
         }
     }
 
@@ -855,6 +903,7 @@ impl Database {
             })
         });
         let pages = WAL_PAGES.get();
+        note_commit(&self.wal_log);
         if let Some(unsynced) = self.unsynced.as_ref().filter(|_| self.durable) {
             set_synchronous(&conn, "FULL");
             unsynced.store(true, Ordering::Relaxed);
@@ -883,11 +932,13 @@ impl Database {
             .context(|| "taking a database connection".into())?;
         WAL_PAGES.set(0);
         let value = write_now(&mut conn, None, f)?;
+        note_commit(&self.wal_log);
         if WAL_PAGES.get() >= self.checkpoint_pages
+            && may_checkpoint(&self.wal_log)
             && let Ok(_still) = self.still.try_acquire()
         {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .context(|| "checkpointing".into())?;
+            let complete = checkpoint_passive(&conn).context(|| "checkpointing".into())?;
+            note_checkpoint(&self.wal_log, complete);
         }
         Ok(value)
     }
@@ -931,6 +982,9 @@ impl Database {
             self.still.close();
             drop(still);
         }
+        if let Some(log) = self.wal_log.get() {
+            log.closing().await;
+        }
         // Dropping the last handle on the pool closes its idle connections.
         // A connection r2d2 is still opening on its thread pool for a request
         // that has since been served is dropped when it arrives; it never ran
@@ -947,6 +1001,9 @@ impl Database {
             })
             .await
             .ok();
+        }
+        if let Some(log) = self.wal_log.get() {
+            log.closed().await;
         }
         self.closed.send_replace(true);
     }
@@ -980,6 +1037,7 @@ impl Database {
             .map_err(|_| Retired)?;
         let turn = self.read_turn().await?;
         let stopping = self.stopping.clone();
+        let wal_log = self.wal_log.clone();
         let checkpointed = self
             .read_in(turn, move |conn| {
                 let (busy, _, _): (i64, i64, i64) = conn
@@ -992,6 +1050,7 @@ impl Database {
                         "the database was busy and could not be copied; retry the call".into(),
                     ));
                 }
+                note_checkpoint(&wal_log, true);
                 let size: i64 = conn
                     .query_row(
                         "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
@@ -1219,6 +1278,7 @@ struct Writer {
     /// For a database that syncs every commit: set when a batch committed
     /// without the sync ([`Database::write_unsynced`]).
     unsynced: Option<Arc<AtomicBool>>,
+    wal_log: Arc<std::sync::OnceLock<Arc<dyn WalLog>>>,
 }
 
 impl Writer {
@@ -1295,6 +1355,7 @@ impl Writer {
             set_synchronous(&conn, "NORMAL");
         }
         let (mut finished, rest) = commit(&mut conn, batch);
+        note_commit(&self.wal_log);
         if let Some(unsynced) = unsynced {
             unsynced.store(true, Ordering::Relaxed);
             set_synchronous(&conn, "FULL");
@@ -1320,17 +1381,17 @@ impl Writer {
     /// after the copy does it. A failed checkpoint loses nothing (the WAL
     /// keeps every commit) and is tried again after the next batch.
     fn checkpoint(&self, conn: &Connection, pages: i32) {
-        if pages < self.checkpoint_pages {
+        if pages < self.checkpoint_pages || !may_checkpoint(&self.wal_log) {
             return;
         }
         let Ok(_still) = self.checkpoints.try_acquire() else {
             return;
         };
-        let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            row.get::<_, i64>(0)
-        });
-        match checkpointed {
-            Ok(_) => WAL_PAGES.set(0),
+        match checkpoint_passive(conn) {
+            Ok(complete) => {
+                note_checkpoint(&self.wal_log, complete);
+                WAL_PAGES.set(0)
+            }
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "a checkpoint failed; the next write batch tries again")
             }
@@ -1418,6 +1479,32 @@ fn commit(
         }
     }
     (finished, rest)
+}
+
+/// Tells the WAL's log of the commit just made on this thread, if any.
+fn note_commit(log: &std::sync::OnceLock<Arc<dyn WalLog>>) {
+    let frames = WAL_PAGES.get();
+    if let (Some(log), true) = (log.get(), frames > 0) {
+        log.committed(frames as u32);
+    }
+}
+
+fn may_checkpoint(log: &std::sync::OnceLock<Arc<dyn WalLog>>) -> bool {
+    log.get().is_none_or(|log| log.may_checkpoint())
+}
+
+fn note_checkpoint(log: &std::sync::OnceLock<Arc<dyn WalLog>>, complete: bool) {
+    if let (Some(log), true) = (log.get(), complete) {
+        log.checkpointed();
+    }
+}
+
+/// A passive checkpoint; whether it copied every frame of the WAL.
+fn checkpoint_passive(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        let (busy, log, done): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        Ok(busy == 0 && log == done)
+    })
 }
 
 /// Sets how a connection syncs its commits (`PRAGMA synchronous`); a

@@ -86,6 +86,8 @@ struct Inner {
     /// The file (device, inode) each open database has open, and whose.
     files: std::sync::Mutex<HashMap<(u64, u64), OpenFile>>,
     metrics: Arc<Metrics>,
+    /// Where every database opened from now on is replicated, if anywhere.
+    replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
 }
 
 const MIGRATED_OK: OutcomeLabels = OutcomeLabels { outcome: "ok" };
@@ -217,6 +219,7 @@ impl Registry {
                 data_dir,
                 pool: settings.pool,
                 schema: settings.schema,
+                replica: std::sync::OnceLock::new(),
                 opens: AtomicU64::new(0),
                 aside_reads: AtomicU64::new(0),
                 accesses: Default::default(),
@@ -404,6 +407,9 @@ impl Registry {
         tracing::debug!(%tenant, ?migrated, ?purpose, "opened tenant database");
         let database = Arc::new(database);
         self.claim_file(tenant, &database)?;
+        if let Some(replica) = self.inner.replica.get() {
+            replica.attach(tenant, &database);
+        }
         *owner = FileOwner {
             database: Arc::downgrade(&database),
             for_calls: purpose == Use::Calls,
@@ -422,6 +428,13 @@ impl Registry {
         }
         drop(database);
         drop(owner);
+    }
+
+    /// Replicates every tenant database opened from now on to `replica`.
+    pub fn replicate_to(&self, replica: Arc<crate::replica::Replica>) {
+        if self.inner.replica.set(replica).is_err() {
+            tracing::error!("the registry's replica was set twice");
+        }
     }
 
     /// Records which file `database` has open, and refuses it if another

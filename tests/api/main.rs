@@ -24,6 +24,7 @@ mod metrics;
 mod migrations;
 mod operations;
 mod registry;
+mod replication;
 mod restart;
 mod search;
 mod snapshots;

