@@ -433,10 +433,23 @@ impl TenantService for TenantApi {
         let query = request.into_inner();
         let id = TenantId::parse("id", &query.id)?;
         let request_id = parse_request_id(&query.request_id)?;
-        let Some(pb::restore_tenant_request::Source::BackupPath(backup_path)) = query.source else {
-            return Err(Error::invalid("source", "is required: set backup_path").into());
+        let (source, path) = match query.source {
+            Some(pb::restore_tenant_request::Source::BackupPath(backup_path)) => {
+                self.lifecycle.stage_backup(id, backup_path).await?
+            }
+            Some(pb::restore_tenant_request::Source::PointInTime(time)) => {
+                let until = crate::clock::from_timestamp(&time)
+                    .ok_or_else(|| Error::invalid("point_in_time", "is not a valid timestamp"))?;
+                self.lifecycle.stage_point_in_time(id, until).await?
+            }
+            None => {
+                return Err(Error::invalid(
+                    "source",
+                    "is required: set backup_path or point_in_time",
+                )
+                .into());
+            }
         };
-        let (source, path) = self.lifecycle.stage_backup(id, backup_path).await?;
         let (operation, restored) = self
             .lifecycle
             .restore(id, source, "RestoreTenant", path, request_id)

@@ -35,9 +35,24 @@ pub struct RestoreArgs {
     tenant_id: String,
     /// One of the tenant's backups, as `backup` prints it: relative to the
     /// data directory (`backups/<tenant id>/<time>.db`) or absolute.
-    backup_path: String,
+    #[arg(required_unless_present = "time", conflicts_with = "time")]
+    backup_path: Option<String>,
+    /// Instead of a backup: the tenant's data as it was at this moment
+    /// (RFC 3339, such as 2026-12-01T10:15:00Z), from the server's replica.
+    #[arg(long, value_parser = parse_time)]
+    time: Option<prost_types::Timestamp>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// An RFC 3339 time, as a `Timestamp`.
+fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("{e}: give the time as RFC 3339, such as 2026-12-01T10:15:00Z"))?;
+    Ok(prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    })
 }
 
 #[derive(clap::Args)]
@@ -76,9 +91,12 @@ pub async fn restore(args: RestoreArgs, deadline: Option<Duration>) -> Outcome {
     let restored = admin
         .restore_tenant(pb::RestoreTenantRequest {
             id: args.tenant_id,
-            source: Some(pb::restore_tenant_request::Source::BackupPath(
-                args.backup_path,
-            )),
+            source: Some(match (args.time, args.backup_path) {
+                (Some(time), _) => pb::restore_tenant_request::Source::PointInTime(time),
+                (None, path) => {
+                    pb::restore_tenant_request::Source::BackupPath(path.unwrap_or_default())
+                }
+            }),
             ..Default::default()
         })
         .await?

@@ -12,9 +12,13 @@
 //!
 //! ```text
 //! tenants/<tenant id>/manifest.json
-//! tenants/<tenant id>/e<epoch>-g<generation>/snapshot.db.zst
-//! tenants/<tenant id>/e<epoch>-g<generation>/<sequence>.seg
+//! tenants/<tenant id>/e<epoch>-g<generation>-<token>/snapshot.db.zst
+//! tenants/<tenant id>/e<epoch>-g<generation>-<token>/<sequence>.seg
 //! ```
+//!
+//! Every object is written only if absent, under a directory whose token
+//! its generation drew at random: a writer that lost the manifest to
+//! another can never overwrite an object the manifest lists.
 //!
 //! A generation is a snapshot of the file and the segments of WAL frames
 //! committed after it, in order; each segment holds whole transactions and
@@ -49,6 +53,8 @@ pub struct Writer {
 pub struct Generation {
     /// Increasing within a tenant's replica.
     pub id: u64,
+    /// Drawn at random when it began, and part of its objects' keys.
+    pub token: String,
     /// The writer's epoch when it began.
     pub epoch: u64,
     /// When its snapshot was taken (Unix microseconds): the earliest time
@@ -98,7 +104,10 @@ impl Manifest {
 
 impl Generation {
     fn dir(&self, tenant: TenantId) -> String {
-        format!("tenants/{tenant}/e{:010}-g{:010}", self.epoch, self.id)
+        format!(
+            "tenants/{tenant}/e{:010}-g{:010}-{}",
+            self.epoch, self.id, self.token
+        )
     }
 
     pub fn snapshot_key(&self, tenant: TenantId) -> String {
@@ -117,6 +126,7 @@ mod tests {
     fn generation(id: u64, started_micros: i64) -> Generation {
         Generation {
             id,
+            token: "ab12".into(),
             epoch: 1,
             started_micros,
             page_size: 4096,
@@ -144,7 +154,7 @@ mod tests {
         assert!(manifest.generation_for(Some(99)).is_none());
         assert_eq!(
             manifest.generations[1].segment_key(tenant, 7),
-            format!("tenants/{tenant}/e0000000001-g0000000002/000000000007.seg")
+            format!("tenants/{tenant}/e0000000001-g0000000002-ab12/000000000007.seg")
         );
     }
 }

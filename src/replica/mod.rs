@@ -49,7 +49,14 @@ pub struct Replica {
     /// Where each closed tenant's replication state is kept
     /// (`replica/<tenant id>.json`).
     state_dir: PathBuf,
+    /// Snapshots made at once: each holds a copy of a tenant's file in
+    /// memory while it is compressed and uploaded, and after a crash every
+    /// tenant opened wants one.
+    snapshots: tokio::sync::Semaphore,
 }
+
+/// Snapshots made at once ([`Replica::snapshots`]).
+const SNAPSHOTS_AT_ONCE: usize = 2;
 
 /// The object that says which node writes a replica.
 const NODE_KEY: &str = "node.json";
@@ -77,6 +84,7 @@ impl Replica {
             node,
             sync_interval: settings.sync_interval,
             state_dir,
+            snapshots: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
         }))
     }
 
@@ -84,6 +92,10 @@ impl Replica {
     /// closes.
     pub fn attach(self: &Arc<Self>, tenant: TenantId, database: &Arc<Database>) {
         tenant::TenantLog::attach(self.clone(), tenant, database);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn state_file(&self, tenant: TenantId) -> PathBuf {
@@ -124,9 +136,9 @@ async fn claim(store: &Store, node: &str) -> Result<()> {
                     return Ok(());
                 }
                 return Err(Error::FailedPrecondition(format!(
-                    "the replica {} is written by another server (node {}); two servers must \
-                     never write one replica: give this one its own --replica, or rebuild its \
-                     data directory from that replica with `tenantry recover`",
+                    "the replica {} is written by another server (node {}, named in its \
+                     data directory's replica/node); two servers must never write one replica: \
+                     give this one its own --replica",
                     store.url(),
                     owner.node
                 )));
@@ -154,11 +166,25 @@ pub struct Restored {
     pub latest_micros: i64,
 }
 
-/// Rebuilds tenant `tenant`'s file at `to` (which must not exist) from the
+/// Rebuilds tenant `tenant`'s file at `to` (which must not exist; on a
+/// failure, whatever was written there is removed) from the
 /// replica: its latest state, or its state at `until` (Unix microseconds).
 /// Reads only what the tenant's manifest lists. The file is synced and
 /// checked with `integrity_check`.
 pub async fn restore(
+    store: &Store,
+    tenant: TenantId,
+    until: Option<i64>,
+    to: &Path,
+) -> Result<Restored> {
+    let restored = rebuild_into(store, tenant, until, to).await;
+    if restored.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    restored
+}
+
+async fn rebuild_into(
     store: &Store,
     tenant: TenantId,
     until: Option<i64>,
@@ -188,18 +214,29 @@ pub async fn restore(
         )));
     };
     let path = to.to_owned();
+    let page_size = generation.page_size;
     let mut rebuild = run_blocking(move || {
-        let bytes = zstd::stream::decode_all(&snapshot[..]).map_err(|e| {
-            Error::DataLoss(format!("a snapshot in the replica is not readable: {e}"))
-        })?;
-        std::fs::write(&path, &bytes)
-            .map_err(|e| Error::internal(format!("writing {}", path.display()), e))?;
-        let file = std::fs::OpenOptions::new()
+        use std::os::unix::fs::FileExt;
+        let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .create_new(true)
             .open(&path)
-            .map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
-        Ok(wal::Rebuild::new(file, generation_page_size(&bytes)?))
+            .map_err(|e| Error::internal(format!("creating {}", path.display()), e))?;
+        // Decoded as it is written: a snapshot's size is bounded by the
+        // disk, not by memory.
+        zstd::stream::copy_decode(&snapshot[..], &mut file).map_err(|e| {
+            Error::DataLoss(format!("a snapshot in the replica is not readable: {e}"))
+        })?;
+        let mut header = [0u8; 100];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|_| Error::DataLoss("a snapshot in the replica is truncated".into()))?;
+        if generation_page_size(&header)? != page_size {
+            return Err(Error::DataLoss(
+                "a snapshot in the replica does not have the page size its manifest records".into(),
+            ));
+        }
+        Ok(wal::Rebuild::new(file, page_size))
     })
     .await?;
     let mut commits = 0;

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::Replica;
 use super::manifest::{self, Generation, Manifest, Writer};
-use super::store::{Expect, Version};
+use super::store::{Conflict, Expect, Version};
 use super::wal::{self, Segment, WalPosition};
 use crate::clock::now_micros;
 use crate::error::{Error, Result};
@@ -36,6 +36,13 @@ use crate::storage::sqlite::{Database, WalLog, run_blocking};
 
 /// How long closing a tenant waits for its last frames to be shipped.
 const CLOSING_WAIT: Duration = Duration::from_secs(10);
+/// Most frames of WAL kept unshipped before checkpoints go on without
+/// them (at 4 KiB pages, 256 MiB).
+const MOST_HELD_FRAMES: u32 = 65_536;
+/// Most frames one segment carries, unless one transaction has more (at
+/// 4 KiB pages, 32 MiB).
+const SEGMENT_FRAMES: u32 = 8_192;
+
 /// The longest wait between attempts while the store fails.
 const MOST_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -43,7 +50,7 @@ pub(super) struct TenantLog {
     tenant: TenantId,
     replica: Arc<Replica>,
     database: Weak<Database>,
-    state: Mutex<LogState>,
+    state: Arc<Mutex<LogState>>,
     wake: Notify,
     shipper: tokio::sync::Mutex<Shipper>,
     closed: AtomicBool,
@@ -91,6 +98,8 @@ struct Shipper {
 enum Shipped {
     /// Every commit made before it is shipped.
     All,
+    /// As much as one segment holds; more is waiting.
+    Part,
     /// It could not go on: the database is gone, or the replica is
     /// another writer's, or a generation is due that cannot start now.
     Stopped,
@@ -101,13 +110,20 @@ enum Shipped {
 struct Continuity {
     generation: u64,
     epoch: u64,
+    /// The generation's segments when the file was closed: if the replica
+    /// holds more now, something else went on writing it, and this file
+    /// no longer leads to it.
+    segments: u64,
     file: FileIdentity,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FileIdentity {
+    device: u64,
     inode: u64,
     size: u64,
+    /// The inode's change time, which no program can set back (a copy
+    /// that keeps modification times, or `touch`, changes it).
     changed_nanos: i128,
 }
 
@@ -116,9 +132,10 @@ impl FileIdentity {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
         Some(FileIdentity {
+            device: meta.dev(),
             inode: meta.ino(),
             size: meta.size(),
-            changed_nanos: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            changed_nanos: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
         })
     }
 }
@@ -130,7 +147,7 @@ impl TenantLog {
             tenant,
             replica,
             database: Arc::downgrade(database),
-            state: Mutex::default(),
+            state: Arc::default(),
             wake: Notify::new(),
             shipper: tokio::sync::Mutex::new(Shipper {
                 continues,
@@ -152,13 +169,16 @@ impl TenantLog {
             if !self.has_unshipped() {
                 self.wake.notified().await;
             }
-            if self.closed.load(Ordering::Acquire) {
+            if self.closed.load(Ordering::Acquire) || self.database.strong_count() == 0 {
                 return;
             }
             match self.ship(false).await {
-                Ok(_) => {
+                Ok(shipped) => {
                     backoff = self.replica.sync_interval;
-                    tokio::time::sleep(self.replica.sync_interval).await;
+                    // A backlog goes out at once, a shipment after another.
+                    if shipped != Shipped::Part {
+                        tokio::time::sleep(self.replica.sync_interval).await;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(tenant = %self.tenant, error = %crate::error::error_chain(&error), retry_in = ?backoff, "could not replicate the tenant's latest commits");
@@ -207,6 +227,14 @@ impl TenantLog {
         };
         let (committed, commits, restarted, restarts) = {
             let state = self.state();
+            if state.broken {
+                // Frames were checkpointed away since the generation began.
+                return Err(Error::Unavailable(
+                    "the tenant's WAL was checkpointed before it was shipped; a new \
+                     generation starts"
+                        .into(),
+                ));
+            }
             (
                 state.committed,
                 state.commits.clone(),
@@ -218,9 +246,11 @@ impl TenantLog {
             return Ok(Shipped::All);
         }
         let from = if restarted { None } else { shipper.position };
+        let shipped = if restarted { 0 } else { self.state().shipped };
+        let up_to = shipment_end(&commits, shipped, committed);
         let wal_path = database.wal_path();
         let read = run_blocking(move || {
-            let read = wal::read_committed(&wal_path, from, committed);
+            let read = wal::read_committed(&wal_path, from, up_to);
             drop(turn);
             read
         })
@@ -253,9 +283,13 @@ impl TenantLog {
         };
         // The checkpoint the writer held back for these frames.
         if checkpoint_due && !closing {
-            database.checkpoint_soon();
+            database.checkpoint_soon(end.frame);
         }
-        Ok(Shipped::All)
+        Ok(if up_to < committed {
+            Shipped::Part
+        } else {
+            Shipped::All
+        })
     }
 
     /// The replica can no longer follow the file from where it is.
@@ -291,9 +325,11 @@ impl TenantLog {
             return Err(self.fenced(shipper));
         }
         if let Some(continues) = shipper.continues.take()
-            && manifest
-                .latest()
-                .is_some_and(|g| g.id == continues.generation && g.epoch == continues.epoch)
+            && manifest.latest().is_some_and(|g| {
+                g.id == continues.generation
+                    && g.epoch == continues.epoch
+                    && g.segments == continues.segments
+            })
             && manifest.writer.epoch == continues.epoch
         {
             shipper.generation = Some(continues.generation);
@@ -314,16 +350,22 @@ impl TenantLog {
     /// checkpointed into it, after which shipping starts at the beginning
     /// of the (emptied) WAL.
     async fn start_generation(&self, database: &Database, shipper: &mut Shipper) -> Result<()> {
-        let restarts_before = self.state().restarts;
+        let _turn = self.snapshot_turn().await?;
         let staging = self
             .replica
             .state_dir
             .join(format!("{}.snapshot.partial", self.tenant));
         let copy_to = staging.clone();
+        let state = self.state.clone();
         let copied = database
             .with_still_file(move |file| {
+                // No checkpoint runs while the file is still: the WAL holds
+                // exactly the commits made since the copy's own checkpoint,
+                // which are the new generation's to ship.
+                let started_micros = now_micros();
+                state.lock().expect("never poisoned").broken = false;
                 file.copy_to(&copy_to, None)?;
-                Ok(now_micros())
+                Ok(started_micros)
             })
             .await
             .map_err(|_| Error::Unavailable("the tenant was closed".into()))?;
@@ -336,14 +378,15 @@ impl TenantLog {
         };
         let compressed = run_blocking(move || compress_file(&staging)).await?;
         self.record_generation(shipper, started_micros, compressed)
-            .await?;
-        let mut state = self.state();
-        // The copy's own checkpoint emptied the WAL; another since would
-        // mean frames went unshipped again.
-        if state.restarts == restarts_before + 1 {
-            state.broken = false;
-        }
-        Ok(())
+            .await
+    }
+
+    async fn snapshot_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.replica
+            .snapshots
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the server is stopping".into()))
     }
 
     /// Uploads a snapshot and records it as the start of a new generation.
@@ -356,6 +399,7 @@ impl TenantLog {
         let (mut manifest, version) = shipper.manifest.clone().expect("loaded first");
         let generation = Generation {
             id: manifest.latest().map_or(1, |g| g.id + 1),
+            token: format!("{:08x}", rand::random::<u32>()),
             epoch: manifest.writer.epoch,
             started_micros,
             page_size: compressed.page_size,
@@ -364,9 +408,7 @@ impl TenantLog {
             segment_bytes: 0,
             latest_micros: started_micros,
         };
-        self.replica
-            .store
-            .put(&generation.snapshot_key(self.tenant), compressed.bytes)
+        self.put_new(&generation.snapshot_key(self.tenant), compressed.bytes)
             .await?;
         let id = generation.id;
         manifest.generations.push(generation);
@@ -390,11 +432,17 @@ impl TenantLog {
         if shipper.fenced {
             return Ok(None);
         }
+        // First the manifest, which tells whether the generation the file
+        // was opened in goes on: a tenant only read needs no new one.
+        if shipper.manifest.is_none() {
+            self.load_manifest(&mut shipper).await?;
+        }
+        if shipper.fenced {
+            return Ok(None);
+        }
         let due = shipper.generation.is_none() || self.has_unshipped();
         if due {
-            if shipper.manifest.is_none() {
-                self.load_manifest(&mut shipper).await?;
-            }
+            let _turn = self.snapshot_turn().await?;
             let path = database.path().to_owned();
             let started_micros = now_micros();
             let compressed = run_blocking(move || compress_copy(&path)).await?;
@@ -405,9 +453,13 @@ impl TenantLog {
         else {
             return Ok(None);
         };
+        let Some(latest) = manifest.latest().filter(|g| g.id == generation) else {
+            return Ok(None);
+        };
         Ok(FileIdentity::of(database.path()).map(|file| Continuity {
             generation,
             epoch: manifest.writer.epoch,
+            segments: latest.segments,
             file,
         }))
     }
@@ -425,7 +477,7 @@ impl TenantLog {
             .expect("a generation was started first");
         let key = generation.segment_key(self.tenant, generation.segments);
         let bytes = segment.len() as u64;
-        self.replica.store.put(&key, segment).await?;
+        self.put_new(&key, segment).await?;
         generation.segments += 1;
         generation.segment_bytes += bytes;
         generation.latest_micros = generation.latest_micros.max(latest_micros);
@@ -449,7 +501,47 @@ impl TenantLog {
                 Expect::Version(version),
             )
             .await?;
-        written.map_err(|_| self.fenced(shipper))
+        if let Ok(version) = written {
+            return Ok(version);
+        }
+        // Changed since it was read: by another server (which now writes
+        // it), or by this one's own write whose answer was lost. Either
+        // way the generation this writer was in is not to be added to.
+        let (bytes, version) = self
+            .replica
+            .store
+            .get(&Manifest::key(self.tenant))
+            .await?
+            .ok_or_else(|| Error::Unavailable("the tenant's manifest vanished".into()))?;
+        let current = parse_manifest(self.tenant, &bytes)?;
+        if current.writer.node != self.replica.node {
+            return Err(self.fenced(shipper));
+        }
+        shipper.manifest = Some((current, version));
+        shipper.generation = None;
+        Err(Error::Unavailable(
+            "the tenant's manifest changed meanwhile; a new generation starts".into(),
+        ))
+    }
+
+    /// Writes an object that must not exist yet: one that does is left
+    /// from a write whose answer was lost, or another writer's, and the
+    /// generation it belongs to is not added to.
+    async fn put_new(&self, key: &str, bytes: Bytes) -> Result<()> {
+        match self
+            .replica
+            .store
+            .put_if(key, bytes, Expect::Absent)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(Conflict) => {
+                self.state().broken = true;
+                Err(Error::Unavailable(format!(
+                    "{key} already exists in the replica; a new generation starts"
+                )))
+            }
+        }
     }
 }
 
@@ -464,7 +556,12 @@ impl WalLog for TenantLog {
 
     fn may_checkpoint(&self) -> bool {
         let state = self.state();
-        state.broken || state.shipped >= state.committed
+        // Held back for at most so many frames: past them (the store has
+        // been failing a while), the WAL is let go, and the replica starts
+        // a new generation once the store answers again.
+        state.broken
+            || state.shipped >= state.committed
+            || state.committed - state.shipped > MOST_HELD_FRAMES
     }
 
     fn checkpointed(&self) {
@@ -521,12 +618,37 @@ impl WalLog for TenantLog {
     }
 }
 
+/// Where a shipment after frame `shipped` ends: at the last commit within
+/// [`SEGMENT_FRAMES`] of it, or at the first commit after it if that one
+/// alone is larger; `committed` if the commits' frames are not known.
+fn shipment_end(commits: &[(u32, i64)], shipped: u32, committed: u32) -> u32 {
+    let limit = shipped.saturating_add(SEGMENT_FRAMES);
+    let after = commits
+        .iter()
+        .map(|(frames, _)| *frames)
+        .filter(|f| *f > shipped);
+    after
+        .clone()
+        .filter(|f| *f <= limit)
+        .max()
+        .or_else(|| after.min())
+        .unwrap_or(committed)
+        .min(committed)
+}
+
 /// The generation a tenant just opened continues, if its state file says
 /// it was closed with everything shipped and its file is as it was then.
 /// The state file is used once: it is removed here.
 fn continuity(state_file: &Path, database: &Database) -> Option<Continuity> {
     let bytes = std::fs::read(state_file).ok()?;
-    let _ = std::fs::remove_file(state_file);
+    // Used once, and gone for good before the file changes: a state file
+    // back after a power cut would vouch for a file it never saw.
+    let dir = state_file.parent()?;
+    let removed = std::fs::remove_file(state_file)
+        .and_then(|()| std::fs::File::open(dir).and_then(|dir| dir.sync_all()));
+    if removed.is_err() {
+        return None;
+    }
     let continuity: Continuity = serde_json::from_slice(&bytes).ok()?;
     let wal_empty = std::fs::metadata(database.wal_path()).map_or(true, |m| m.len() == 0);
     (wal_empty && FileIdentity::of(database.path()).as_ref() == Some(&continuity.file))

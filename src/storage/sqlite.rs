@@ -572,8 +572,12 @@ impl Database {
     }
 
     /// Checkpoints the WAL soon, on a blocking thread, in a turn of its own,
-    /// if its log lets it ([`WalLog::may_checkpoint`]).
-    pub fn checkpoint_soon(&self) {
+    /// if it holds `pages` past the threshold and its log lets it
+    /// ([`WalLog::may_checkpoint`]).
+    pub fn checkpoint_soon(&self, pages: u32) {
+        if (pages as i32) < self.checkpoint_pages {
+            return;
+        }
         let writer = self.writer();
         tokio::task::spawn_blocking(move || writer.checkpoint_now());
     }
@@ -915,7 +919,7 @@ impl Database {
         drop(committing);
         drop(permit);
         drop(turn);
-        if pages >= self.checkpoint_pages {
+        if pages >= self.checkpoint_pages && may_checkpoint(&self.wal_log) {
             let writer = self.writer();
             tokio::task::spawn_blocking(move || writer.checkpoint_now());
         }

@@ -717,6 +717,67 @@ impl Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// Tenant `id`'s data as it was at `until` (Unix microseconds), rebuilt
+    /// from the server's replica into the staging folder, for a restore;
+    /// and how the source is named in the operation's record.
+    pub async fn stage_point_in_time(
+        &self,
+        id: TenantId,
+        until: Micros,
+    ) -> Result<(Source, String)> {
+        let Some(replica) = self.registry.replica() else {
+            return Err(Error::FailedPrecondition(
+                "this server has no replica (--replica): a tenant can be restored to a point \
+                 in time only from one; restore a backup instead"
+                    .into(),
+            ));
+        };
+        if until > now_micros() {
+            return Err(Error::invalid(
+                "point_in_time",
+                "is in the future: give a moment that has passed",
+            ));
+        }
+        let mut staged = self.registry.staging().reserve("restore", 0)?;
+        let restored =
+            crate::replica::restore(replica.store(), id, Some(until), staged.path()).await?;
+        let path = staged.path().to_owned();
+        let (size_bytes, sha256) = run_blocking(move || digest_of(&path)).await?;
+        staged.grow(size_bytes)?;
+        tracing::debug!(tenant = %id, generation = restored.generation, commits = restored.commits, "rebuilt a tenant from the replica");
+        let named = format!("replica at {}", data_dir::file_time(until));
+        Ok((
+            Source {
+                file: staged,
+                size_bytes,
+                sha256,
+            },
+            named,
+        ))
+    }
+}
+
+/// The size and SHA-256 of a file. Blocking.
+fn digest_of(path: &Path) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            return Ok((size, hex::encode(hasher.finalize())));
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+}
+
 /// Opens tenant `id`'s backup at `text` without following links: its
 /// descriptor, and its path relative to the data directory. Blocking.
 fn open_backup(data_dir: &DataDir, id: TenantId, text: &str) -> Result<(std::fs::File, String)> {

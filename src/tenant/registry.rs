@@ -437,6 +437,11 @@ impl Registry {
         }
     }
 
+    /// Where tenant databases are replicated, if anywhere.
+    pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        self.inner.replica.get()
+    }
+
     /// Records which file `database` has open, and refuses it if another
     /// tenant has the same file open: one file never serves two tenants.
     fn claim_file(&self, tenant: TenantId, database: &Arc<Database>) -> Result<()> {

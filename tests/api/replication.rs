@@ -158,7 +158,7 @@ async fn a_second_server_on_the_same_replica_is_refused() {
     };
     let message = error.to_string();
     assert!(
-        message.contains("written by another server") && message.contains("recover"),
+        message.contains("written by another server") && message.contains("its own --replica"),
         "{message}"
     );
     // The first one's own data directory starts again on it.
@@ -350,4 +350,179 @@ pub mod seaweed {
             bucket
         }
     }
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn restore_to(tenant: &str, micros: i64) -> tonic::Request<tenantry::pb::RestoreTenantRequest> {
+    as_admin(tenantry::pb::RestoreTenantRequest {
+        id: tenant.to_owned(),
+        source: Some(tenantry::pb::restore_tenant_request::Source::PointInTime(
+            timestamp(micros),
+        )),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_tenant_brings_a_tenant_back_to_a_moment_and_goes_on_replicating() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let server = spawn_with(|config| {
+        config.replica = Some(url.clone());
+        config.replica_sync_ms = 20;
+    })
+    .await;
+    let tenant = server.tenant("rewound").await;
+    let too_early = now_micros();
+    write_items(&server, &tenant, &titles("kept", 0..5)).await;
+    server.close_tenants().await;
+    let moment = now_micros();
+    write_items(&server, &tenant, &titles("undone", 0..5)).await;
+    server.close_tenants().await;
+    let mut admin = server.admin().await;
+    admin
+        .restore_tenant(restore_to(&tenant.id, moment))
+        .await
+        .expect("restores to the moment");
+    assert_eq!(
+        sorted(all_titles(&server, &tenant).await),
+        titles("kept", 0..5),
+        "the tenant holds what it held at the moment, and nothing after"
+    );
+
+    // The restored tenant's commits are replicated in a generation of
+    // their own, so the latest state rebuilds too.
+    write_items(&server, &tenant, &titles("after", 0..2)).await;
+    server.close_tenants().await;
+    let store = Store::open(&url, None).unwrap();
+    assert_eq!(
+        restored_titles(&store, &tenant.id, None).await,
+        sorted(
+            titles("after", 0..2)
+                .into_iter()
+                .chain(titles("kept", 0..5))
+                .collect()
+        )
+    );
+
+    let status = admin
+        .restore_tenant(restore_to(&tenant.id, too_early))
+        .await
+        .expect_err("nothing is restorable that early");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("earliest restorable time"),
+        "{status:?}"
+    );
+    let status = admin
+        .restore_tenant(restore_to(&tenant.id, now_micros() + 3_600_000_000))
+        .await
+        .expect_err("the future cannot be restored");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        sorted(all_titles(&server, &tenant).await),
+        sorted(
+            titles("after", 0..2)
+                .into_iter()
+                .chain(titles("kept", 0..5))
+                .collect()
+        ),
+        "a refused restore leaves the tenant as it was"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_without_a_replica_says_what_is_missing() {
+    let server = spawn().await;
+    let tenant = server.tenant("unreplicated").await;
+    let status = server
+        .admin()
+        .await
+        .restore_tenant(restore_to(&tenant.id, now_micros() - 1_000_000))
+        .await
+        .expect_err("no replica, no point in time");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("--replica"), "{status:?}");
+    server.stop().await;
+}
+
+fn generations(manifest: &serde_json::Value) -> Vec<(u64, u64)> {
+    manifest["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["id"].as_u64().unwrap(), g["segments"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_goes_on_only_while_the_file_is_the_one_it_follows() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let store = Store::open(&url, None).unwrap();
+    let server = spawn_with(|config| {
+        config.replica = Some(url.clone());
+        config.replica_sync_ms = 20;
+    })
+    .await;
+    let tenant = server.tenant("followed").await;
+    write_items(&server, &tenant, &titles("one", 0..3)).await;
+    server.close_tenants().await;
+    let first = generations(&manifest(&store, &tenant.id).await);
+    assert_eq!(first.len(), 1);
+
+    // Opened, only read, closed: nothing new in the replica.
+    assert_eq!(sorted(all_titles(&server, &tenant).await), titles("one", 0..3));
+    server.close_tenants().await;
+    assert_eq!(generations(&manifest(&store, &tenant.id).await), first);
+
+    // The file replaced while closed (same bytes, another inode): the
+    // replica cannot vouch for it, and a new generation starts.
+    let file = server.tenant_file(&tenant.id);
+    let copy = file.with_extension("copy");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    write_items(&server, &tenant, &titles("two", 0..2)).await;
+    server.close_tenants().await;
+    assert_eq!(generations(&manifest(&store, &tenant.id).await).len(), 2);
+    let everything = sorted(titles("one", 0..3).into_iter().chain(titles("two", 0..2)).collect());
+    assert_eq!(restored_titles(&store, &tenant.id, None).await, everything);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_taken_while_commits_are_shipped_leave_the_replica_whole() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let store = Store::open(&url, None).unwrap();
+    let server = spawn_with(|config| {
+        config.replica = Some(url.clone());
+        config.replica_sync_ms = 50;
+    })
+    .await;
+    let tenant = server.tenant("backed-up").await;
+    let mut admin = server.admin().await;
+    let mut expected = Vec::new();
+    for round in 0..5 {
+        let batch = titles(&format!("round {round}"), 0..10);
+        write_items(&server, &tenant, &batch).await;
+        expected.extend(batch);
+        // A backup checkpoints the WAL whole, shipped or not.
+        admin
+            .backup_tenant(as_admin(tenantry::pb::BackupTenantRequest {
+                id: tenant.id.clone(),
+            }))
+            .await
+            .expect("backs up");
+    }
+    server.close_tenants().await;
+    assert_eq!(restored_titles(&store, &tenant.id, None).await, sorted(expected));
+    server.stop().await;
 }
