@@ -57,6 +57,11 @@ impl Catalog {
     }
 
     /// The disk the catalog and the tenants are on.
+    /// The catalog's database, for what works on it whole (replication).
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
     pub fn disk(&self) -> &Arc<Disk> {
         &self.disk
     }

@@ -18,6 +18,7 @@ mod health;
 mod migrate;
 mod output;
 mod progress;
+mod recover;
 mod snapshots;
 mod tenants;
 
@@ -67,6 +68,10 @@ pub enum Command {
     /// the running server (MigrateTenants), or with `--offline` in a stopped
     /// server's data directory.
     Migrate(MigrateArgs),
+    /// Rebuild a lost server's data directory (catalog, keys and every
+    /// tenant) from its replica, here, as it is or as it was at --time; a
+    /// server started on the directory then serves as before.
+    Recover(recover::RecoverArgs),
 }
 
 impl Command {
@@ -88,6 +93,7 @@ impl Command {
             Command::Export(args) => connect::deadline(&args.client.server, true),
             Command::Import(args) => connect::deadline(&args.client.server, true),
             Command::Migrate(args) => args.deadline(),
+            Command::Recover(_) => None,
         }
     }
 }
@@ -104,6 +110,7 @@ pub async fn run(command: Command) -> ExitCode {
             Command::Export(args) => snapshots::export(args, deadline).await,
             Command::Import(args) => snapshots::import(args, deadline).await,
             Command::Migrate(args) => migrate::migrate(args, deadline).await,
+            Command::Recover(args) => recover::recover(args).await,
         }
     };
     let ran = match deadline {

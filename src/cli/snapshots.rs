@@ -46,7 +46,7 @@ pub struct RestoreArgs {
 }
 
 /// An RFC 3339 time, as a `Timestamp`.
-fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
+pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
     let time = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("{e}: give the time as RFC 3339, such as 2026-12-01T10:15:00Z"))?;
     Ok(prost_types::Timestamp {

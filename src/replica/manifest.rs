@@ -14,6 +14,7 @@
 //! tenants/<tenant id>/manifest.json
 //! tenants/<tenant id>/e<epoch>-g<generation>-<token>/snapshot.db.zst
 //! tenants/<tenant id>/e<epoch>-g<generation>-<token>/<sequence>.seg
+//! catalog/...                     the catalog's, laid out the same way
 //! ```
 //!
 //! Every object is written only if absent, under a directory whose token
@@ -30,13 +31,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
 
+/// What a replica is of: the catalog, or one tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Catalog,
+    Tenant(TenantId),
+}
+
+impl Subject {
+    /// Where its objects are, under the replica's prefix.
+    pub fn prefix(&self) -> String {
+        match self {
+            Subject::Catalog => "catalog".to_owned(),
+            Subject::Tenant(id) => format!("tenants/{id}"),
+        }
+    }
+
+    /// Its name in the data directory's `replica/` folder.
+    pub fn file_stem(&self) -> String {
+        match self {
+            Subject::Catalog => "catalog".to_owned(),
+            Subject::Tenant(id) => id.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Catalog => f.write_str("the catalog"),
+            Subject::Tenant(id) => write!(f, "tenant {id}"),
+        }
+    }
+}
+
 /// The manifest's format; a reader refuses one it does not know.
 pub const FORMAT: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
-    pub tenant: String,
+    /// Whose it is: `catalog`, or the tenant's id.
+    pub subject: String,
     /// The node that writes this replica, and its epoch.
     pub writer: Writer,
     /// Oldest first.
@@ -71,17 +107,17 @@ pub struct Generation {
 }
 
 impl Manifest {
-    pub fn new(tenant: TenantId, writer: Writer) -> Self {
+    pub fn new(subject: Subject, writer: Writer) -> Self {
         Manifest {
             format: FORMAT,
-            tenant: tenant.to_string(),
+            subject: subject.file_stem(),
             writer,
             generations: Vec::new(),
         }
     }
 
-    pub fn key(tenant: TenantId) -> String {
-        format!("tenants/{tenant}/manifest.json")
+    pub fn key(subject: Subject) -> String {
+        format!("{}/manifest.json", subject.prefix())
     }
 
     pub fn latest(&self) -> Option<&Generation> {
@@ -103,19 +139,22 @@ impl Manifest {
 }
 
 impl Generation {
-    fn dir(&self, tenant: TenantId) -> String {
+    fn dir(&self, subject: Subject) -> String {
         format!(
-            "tenants/{tenant}/e{:010}-g{:010}-{}",
-            self.epoch, self.id, self.token
+            "{}/e{:010}-g{:010}-{}",
+            subject.prefix(),
+            self.epoch,
+            self.id,
+            self.token
         )
     }
 
-    pub fn snapshot_key(&self, tenant: TenantId) -> String {
-        format!("{}/snapshot.db.zst", self.dir(tenant))
+    pub fn snapshot_key(&self, subject: Subject) -> String {
+        format!("{}/snapshot.db.zst", self.dir(subject))
     }
 
-    pub fn segment_key(&self, tenant: TenantId, sequence: u64) -> String {
-        format!("{}/{sequence:012}.seg", self.dir(tenant))
+    pub fn segment_key(&self, subject: Subject, sequence: u64) -> String {
+        format!("{}/{sequence:012}.seg", self.dir(subject))
     }
 }
 
@@ -139,7 +178,8 @@ mod tests {
 
     #[test]
     fn a_time_is_restored_from_the_last_generation_begun_by_then() {
-        let tenant = TenantId::parse("t", "0190f5a4-0000-7000-8000-000000000001").unwrap();
+        let id = TenantId::parse("t", "0190f5a4-0000-7000-8000-000000000001").unwrap();
+        let tenant = Subject::Tenant(id);
         let mut manifest = Manifest::new(
             tenant,
             Writer {
@@ -154,7 +194,7 @@ mod tests {
         assert!(manifest.generation_for(Some(99)).is_none());
         assert_eq!(
             manifest.generations[1].segment_key(tenant, 7),
-            format!("tenants/{tenant}/e0000000001-g0000000002-ab12/000000000007.seg")
+            format!("tenants/{id}/e0000000001-g0000000002-ab12/000000000007.seg")
         );
     }
 }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::ids::TenantId;
 use crate::storage::data_dir::DataDir;
 use crate::storage::sqlite::{Database, run_blocking};
-use manifest::Manifest;
+use manifest::{Manifest, Subject};
 use store::{Expect, Store};
 
 /// The settings of `--replica` and its companions.
@@ -91,15 +91,20 @@ impl Replica {
     /// Replicates `database`, tenant `tenant`'s file just opened, until it
     /// closes.
     pub fn attach(self: &Arc<Self>, tenant: TenantId, database: &Arc<Database>) {
-        tenant::TenantLog::attach(self.clone(), tenant, database);
+        tenant::TenantLog::attach(self.clone(), Subject::Tenant(tenant), database);
+    }
+
+    /// Replicates the catalog's database, until it closes.
+    pub fn attach_catalog(self: &Arc<Self>, database: &Arc<Database>) {
+        tenant::TenantLog::attach(self.clone(), Subject::Catalog, database);
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    fn state_file(&self, tenant: TenantId) -> PathBuf {
-        self.state_dir.join(format!("{tenant}.json"))
+    fn state_file(&self, subject: Subject) -> PathBuf {
+        self.state_dir.join(format!("{}.json", subject.file_stem()))
     }
 }
 
@@ -122,6 +127,27 @@ fn node_id(state_dir: &Path) -> Result<String> {
     let node = uuid::Uuid::new_v4().to_string();
     store::write_durably(&path, node.as_bytes())?;
     Ok(node)
+}
+
+/// The id of the data directory that writes the replica in `store`.
+pub async fn writer_of(store: &Store) -> Result<String> {
+    let Some((bytes, _)) = store.get(NODE_KEY).await? else {
+        return Err(Error::NotFound(format!(
+            "{} holds no replica: it has no {NODE_KEY}",
+            store.url()
+        )));
+    };
+    let claim: NodeClaim = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Storage(format!("the replica's {NODE_KEY} is not readable: {e}")))?;
+    Ok(claim.node)
+}
+
+/// Makes the data directory at `dir` the writer `node` of a replica: the
+/// server started on it goes on writing it.
+pub async fn adopt_writer(dir: &Path, node: &str) -> Result<()> {
+    let path = dir.join("replica").join("node");
+    let node = node.to_owned();
+    run_blocking(move || store::write_durably(&path, node.as_bytes())).await
 }
 
 async fn claim(store: &Store, node: &str) -> Result<()> {
@@ -166,18 +192,18 @@ pub struct Restored {
     pub latest_micros: i64,
 }
 
-/// Rebuilds tenant `tenant`'s file at `to` (which must not exist; on a
+/// Rebuilds the file of `subject` (the catalog or a tenant) at `to` (which must not exist; on a
 /// failure, whatever was written there is removed) from the
 /// replica: its latest state, or its state at `until` (Unix microseconds).
 /// Reads only what the tenant's manifest lists. The file is synced and
 /// checked with `integrity_check`.
 pub async fn restore(
     store: &Store,
-    tenant: TenantId,
+    subject: Subject,
     until: Option<i64>,
     to: &Path,
 ) -> Result<Restored> {
-    let restored = rebuild_into(store, tenant, until, to).await;
+    let restored = rebuild_into(store, subject, until, to).await;
     if restored.is_err() {
         let _ = std::fs::remove_file(to);
     }
@@ -186,19 +212,19 @@ pub async fn restore(
 
 async fn rebuild_into(
     store: &Store,
-    tenant: TenantId,
+    subject: Subject,
     until: Option<i64>,
     to: &Path,
 ) -> Result<Restored> {
-    let Some((bytes, _)) = store.get(&Manifest::key(tenant)).await? else {
+    let Some((bytes, _)) = store.get(&Manifest::key(subject)).await? else {
         return Err(Error::NotFound(format!(
-            "the replica holds nothing of tenant {tenant}"
+            "the replica holds nothing of {subject}"
         )));
     };
-    let manifest = tenant::parse_manifest(tenant, &bytes)?;
+    let manifest = tenant::parse_manifest(subject, &bytes)?;
     let generation = manifest.generation_for(until).ok_or_else(|| {
         Error::NotFound(format!(
-            "the replica holds nothing of tenant {tenant} as early as that: its earliest \
+            "the replica holds nothing of {subject} as early as that: its earliest \
              restorable time is {}",
             manifest
                 .generations
@@ -207,9 +233,9 @@ async fn rebuild_into(
                 .unwrap_or_default()
         ))
     })?;
-    let Some((snapshot, _)) = store.get(&generation.snapshot_key(tenant)).await? else {
+    let Some((snapshot, _)) = store.get(&generation.snapshot_key(subject)).await? else {
         return Err(Error::DataLoss(format!(
-            "the snapshot of generation {} of tenant {tenant} is missing from the replica",
+            "the snapshot of generation {} of {subject} is missing from the replica",
             generation.id
         )));
     };
@@ -242,10 +268,10 @@ async fn rebuild_into(
     let mut commits = 0;
     let mut latest_micros = generation.started_micros;
     for sequence in 0..generation.segments {
-        let key = generation.segment_key(tenant, sequence);
+        let key = generation.segment_key(subject, sequence);
         let Some((bytes, _)) = store.get(&key).await? else {
             return Err(Error::DataLoss(format!(
-                "segment {key} is listed in the manifest of tenant {tenant} but missing from \
+                "segment {key} is listed in the manifest of {subject} but missing from \
                  the replica"
             )));
         };

@@ -26,12 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::Replica;
-use super::manifest::{self, Generation, Manifest, Writer};
+use super::manifest::{self, Generation, Manifest, Subject, Writer};
 use super::store::{Conflict, Expect, Version};
 use super::wal::{self, Segment, WalPosition};
 use crate::clock::now_micros;
 use crate::error::{Error, Result};
-use crate::ids::TenantId;
 use crate::storage::sqlite::{Database, WalLog, run_blocking};
 
 /// How long closing a tenant waits for its last frames to be shipped.
@@ -47,7 +46,7 @@ const SEGMENT_FRAMES: u32 = 8_192;
 const MOST_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) struct TenantLog {
-    tenant: TenantId,
+    subject: Subject,
     replica: Arc<Replica>,
     database: Weak<Database>,
     state: Arc<Mutex<LogState>>,
@@ -141,10 +140,10 @@ impl FileIdentity {
 }
 
 impl TenantLog {
-    pub(super) fn attach(replica: Arc<Replica>, tenant: TenantId, database: &Arc<Database>) {
-        let continues = continuity(&replica.state_file(tenant), database);
+    pub(super) fn attach(replica: Arc<Replica>, subject: Subject, database: &Arc<Database>) {
+        let continues = continuity(&replica.state_file(subject), database);
         let log = Arc::new(TenantLog {
-            tenant,
+            subject,
             replica,
             database: Arc::downgrade(database),
             state: Arc::default(),
@@ -181,7 +180,7 @@ impl TenantLog {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(tenant = %self.tenant, error = %crate::error::error_chain(&error), retry_in = ?backoff, "could not replicate the tenant's latest commits");
+                    tracing::warn!(replica_of = %self.subject, error = %crate::error::error_chain(&error), retry_in = ?backoff, "could not replicate the tenant's latest commits");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MOST_BACKOFF);
                 }
@@ -296,22 +295,22 @@ impl TenantLog {
     fn break_off(&self, why: &str) -> Error {
         self.state().broken = true;
         Error::internal(
-            format!("shipping tenant {}'s WAL", self.tenant),
+            format!("shipping the WAL of {}", self.subject),
             format!("{why}; a new generation starts with a snapshot"),
         )
     }
 
     async fn load_manifest(&self, shipper: &mut Shipper) -> Result<()> {
         let store = &self.replica.store;
-        let key = Manifest::key(self.tenant);
+        let key = Manifest::key(self.subject);
         let writer = Writer {
             node: self.replica.node.clone(),
             epoch: 1,
         };
         let (manifest, version) = match store.get(&key).await? {
-            Some((bytes, version)) => (parse_manifest(self.tenant, &bytes)?, version),
+            Some((bytes, version)) => (parse_manifest(self.subject, &bytes)?, version),
             None => {
-                let manifest = Manifest::new(self.tenant, writer.clone());
+                let manifest = Manifest::new(self.subject, writer.clone());
                 let written = store
                     .put_if(&key, Bytes::from(to_json(&manifest)), Expect::Absent)
                     .await?;
@@ -341,8 +340,8 @@ impl TenantLog {
     fn fenced(&self, shipper: &mut Shipper) -> Error {
         shipper.fenced = true;
         Error::FailedPrecondition(format!(
-            "tenant {}'s replica is written by another server; this one stops replicating it",
-            self.tenant
+            "the replica of {} is written by another server; this one stops replicating it",
+            self.subject
         ))
     }
 
@@ -354,7 +353,7 @@ impl TenantLog {
         let staging = self
             .replica
             .state_dir
-            .join(format!("{}.snapshot.partial", self.tenant));
+            .join(format!("{}.snapshot.partial", self.subject.file_stem()));
         let copy_to = staging.clone();
         let state = self.state.clone();
         let copied = database
@@ -408,7 +407,7 @@ impl TenantLog {
             segment_bytes: 0,
             latest_micros: started_micros,
         };
-        self.put_new(&generation.snapshot_key(self.tenant), compressed.bytes)
+        self.put_new(&generation.snapshot_key(self.subject), compressed.bytes)
             .await?;
         let id = generation.id;
         manifest.generations.push(generation);
@@ -416,7 +415,7 @@ impl TenantLog {
         shipper.manifest = Some((manifest, version));
         shipper.generation = Some(id);
         shipper.position = None;
-        tracing::debug!(tenant = %self.tenant, generation = id, "started a replica generation");
+        tracing::debug!(replica_of = %self.subject, generation = id, "started a replica generation");
         Ok(())
     }
 
@@ -475,7 +474,7 @@ impl TenantLog {
             .generations
             .last_mut()
             .expect("a generation was started first");
-        let key = generation.segment_key(self.tenant, generation.segments);
+        let key = generation.segment_key(self.subject, generation.segments);
         let bytes = segment.len() as u64;
         self.put_new(&key, segment).await?;
         generation.segments += 1;
@@ -496,7 +495,7 @@ impl TenantLog {
             .replica
             .store
             .put_if(
-                &Manifest::key(self.tenant),
+                &Manifest::key(self.subject),
                 Bytes::from(to_json(manifest)),
                 Expect::Version(version),
             )
@@ -510,10 +509,10 @@ impl TenantLog {
         let (bytes, version) = self
             .replica
             .store
-            .get(&Manifest::key(self.tenant))
+            .get(&Manifest::key(self.subject))
             .await?
             .ok_or_else(|| Error::Unavailable("the tenant's manifest vanished".into()))?;
-        let current = parse_manifest(self.tenant, &bytes)?;
+        let current = parse_manifest(self.subject, &bytes)?;
         if current.writer.node != self.replica.node {
             return Err(self.fenced(shipper));
         }
@@ -548,7 +547,8 @@ impl TenantLog {
 impl WalLog for TenantLog {
     fn committed(&self, frames: u32) {
         let mut state = self.state();
-        state.committed = frames;
+        // Commits of a shared file's connections may be told out of order.
+        state.committed = state.committed.max(frames);
         state.commits.push((frames, now_micros()));
         drop(state);
         self.wake.notify_one();
@@ -594,7 +594,7 @@ impl WalLog for TenantLog {
                 Ok(Err(error)) => crate::error::error_chain(&error),
                 Err(_) => format!("not done within {CLOSING_WAIT:?}"),
             };
-            tracing::warn!(tenant = %self.tenant, %failure, "closing a tenant whose latest commits are not replicated; a new generation starts when it is next opened");
+            tracing::warn!(replica_of = %self.subject, %failure, "closing a tenant whose latest commits are not replicated; a new generation starts when it is next opened");
         })
     }
 
@@ -602,7 +602,7 @@ impl WalLog for TenantLog {
         Box::pin(async move {
             self.closed.store(true, Ordering::Release);
             self.wake.notify_one();
-            let state_file = self.replica.state_file(self.tenant);
+            let state_file = self.replica.state_file(self.subject);
             let recorded = match self.after_close().await {
                 Ok(Some(continuity)) => {
                     super::store::write_durably(&state_file, &to_json(&continuity))
@@ -612,7 +612,7 @@ impl WalLog for TenantLog {
             };
             if let Err(error) = recorded {
                 let _ = std::fs::remove_file(&state_file);
-                tracing::warn!(tenant = %self.tenant, error = %crate::error::error_chain(&error), "the replica may not hold the tenant's latest commits; a new generation starts when it is next opened");
+                tracing::warn!(replica_of = %self.subject, error = %crate::error::error_chain(&error), "the replica may not hold the tenant's latest commits; a new generation starts when it is next opened");
             }
         })
     }
@@ -655,17 +655,23 @@ fn continuity(state_file: &Path, database: &Database) -> Option<Continuity> {
         .then_some(continuity)
 }
 
-pub(super) fn parse_manifest(tenant: TenantId, bytes: &[u8]) -> Result<Manifest> {
+pub(super) fn parse_manifest(subject: Subject, bytes: &[u8]) -> Result<Manifest> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
         Error::DataLoss(format!(
-            "the replica's manifest of tenant {tenant} is not readable: {e}"
+            "the replica's manifest of {subject} is not readable: {e}"
         ))
     })?;
     if manifest.format != manifest::FORMAT {
         return Err(Error::DataLoss(format!(
-            "the replica's manifest of tenant {tenant} has format {}, which this version does \
-             not read",
+            "the replica's manifest of {subject} has format {}, which this version does not \
+             read",
             manifest.format
+        )));
+    }
+    if manifest.subject != subject.file_stem() {
+        return Err(Error::DataLoss(format!(
+            "the replica's manifest of {subject} says it is the manifest of {}",
+            manifest.subject
         )));
     }
     Ok(manifest)

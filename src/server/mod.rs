@@ -92,6 +92,8 @@ impl OpenData {
             // the tenants, operations and audit tables, which a checkpoint
             // writes once however often they changed.
             checkpoint_pages: 8000,
+            // Replicated, its WAL is checkpointed only once shipped.
+            keep_wal_on_close: config.replica.is_some(),
             ..PoolSettings::new(4, 16 * 1024, config.busy_timeout())
         };
         let disk = Arc::new(Disk::new(data_dir.root(), config.disk_reserve_mib << 20));
@@ -174,6 +176,7 @@ impl Application {
         .await?;
         if let Some(settings) = config.replica() {
             let replica = crate::replica::Replica::start(&settings, &data.data_dir).await?;
+            replica.attach_catalog(data.catalog.database());
             data.registry.replicate_to(replica);
         }
         let auth = Authenticator::new(
@@ -360,6 +363,9 @@ impl Application {
         registry.close_all().await;
         registry.pool_settings().resume();
         tracing::info!("every tenant database is closed");
+        if let Err(error) = registry.flush_accesses().await {
+            tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");
+        }
         let catalog = registry.catalog().clone();
         if let Err(error) = run_blocking(move || catalog.sync_now()).await {
             tracing::error!(error = %crate::error::error_chain(&error), "could not sync the catalog's last commits");
@@ -373,8 +379,9 @@ impl Application {
                 tracing::warn!(error = %crate::error::error_chain(&error), "could not record the clean stop; the spare tenant files are made anew at the next start");
             }
         }
-        if let Err(error) = registry.flush_accesses().await {
-            tracing::error!(error = %crate::error::error_chain(&error), "could not record the last accesses of tenants");
+        if registry.replica().is_some() {
+            // Its last commits shipped, and its file closed.
+            registry.catalog().database().retire().await;
         }
         summarizing.abort();
         summaries.flush(config.log_summary());

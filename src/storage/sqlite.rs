@@ -100,6 +100,11 @@ pub struct PoolSettings {
     /// Set to interrupt every statement of these connections (at shutdown,
     /// once the grace period is over); see [`PoolSettings::interrupt`].
     pub stopping: Arc<AtomicBool>,
+    /// Closing a connection never checkpoints (SQLite's last connection to
+    /// a file otherwise does, and deletes the WAL): for a shared file whose
+    /// WAL is replicated, so that only checkpoints its log allowed run,
+    /// whenever the pool replaces its connections.
+    pub keep_wal_on_close: bool,
 }
 
 impl PoolSettings {
@@ -124,6 +129,7 @@ impl PoolSettings {
             durable: false,
             checkpoint_pages: CHECKPOINT_PAGES,
             stopping: Arc::default(),
+            keep_wal_on_close: false,
         }
     }
 
@@ -155,6 +161,12 @@ impl PoolSettings {
             conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         }
         shrink_lookaside(conn);
+        if self.keep_wal_on_close {
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )?;
+        }
         defend(conn, Some(self.stopping.clone()))?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
         conn.busy_timeout(match self.exclusive {
@@ -930,6 +942,9 @@ impl Database {
     /// thread, and checkpoints the WAL if the commit made one due: for
     /// start-up and other work that is already off the async threads.
     pub fn write_now<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        // As every commit: so that no checkpoint comes between a commit and
+        // its note to the WAL's log.
+        let _committing = futures::executor::block_on(self.committing.acquire());
         let mut conn = self
             .pool()?
             .get()
@@ -1407,6 +1422,14 @@ impl Writer {
     /// The checkpoint a write committed on an async thread made due, in a
     /// turn of its own, on this blocking thread.
     fn checkpoint_now(self) {
+        // In the order a batch takes them: the commit's permit, then the
+        // connection's.
+        let Ok(_committing) = self
+            .runtime
+            .block_on(self.committing.clone().acquire_owned())
+        else {
+            return;
+        };
         let Ok(_turn) = self.runtime.block_on(self.readers.clone().acquire_owned()) else {
             return;
         };

@@ -740,8 +740,13 @@ impl Lifecycle {
             ));
         }
         let mut staged = self.registry.staging().reserve("restore", 0)?;
-        let restored =
-            crate::replica::restore(replica.store(), id, Some(until), staged.path()).await?;
+        let restored = crate::replica::restore(
+            replica.store(),
+            crate::replica::manifest::Subject::Tenant(id),
+            Some(until),
+            staged.path(),
+        )
+        .await?;
         let path = staged.path().to_owned();
         let (size_bytes, sha256) = run_blocking(move || digest_of(&path)).await?;
         staged.grow(size_bytes)?;

@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod migrate;
 pub mod operations;
+pub mod rebuild;
 mod registry;
 pub mod snapshot;
 pub mod spares;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use tenantry::ids::TenantId;
+use tenantry::replica::manifest::Subject;
 use tenantry::replica::store::Store;
 
 use crate::common::*;
@@ -32,7 +33,7 @@ fn titles(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 async fn restored_titles(store: &Store, tenant: &str, until: Option<i64>) -> Vec<String> {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("restored.db");
-    tenantry::replica::restore(store, tenant_id(tenant), until, &path)
+    tenantry::replica::restore(store, Subject::Tenant(tenant_id(tenant)), until, &path)
         .await
         .expect("restores from the replica");
     assert_eq!(integrity(&path), "ok");
@@ -479,7 +480,10 @@ async fn a_generation_goes_on_only_while_the_file_is_the_one_it_follows() {
     assert_eq!(first.len(), 1);
 
     // Opened, only read, closed: nothing new in the replica.
-    assert_eq!(sorted(all_titles(&server, &tenant).await), titles("one", 0..3));
+    assert_eq!(
+        sorted(all_titles(&server, &tenant).await),
+        titles("one", 0..3)
+    );
     server.close_tenants().await;
     assert_eq!(generations(&manifest(&store, &tenant.id).await), first);
 
@@ -492,7 +496,12 @@ async fn a_generation_goes_on_only_while_the_file_is_the_one_it_follows() {
     write_items(&server, &tenant, &titles("two", 0..2)).await;
     server.close_tenants().await;
     assert_eq!(generations(&manifest(&store, &tenant.id).await).len(), 2);
-    let everything = sorted(titles("one", 0..3).into_iter().chain(titles("two", 0..2)).collect());
+    let everything = sorted(
+        titles("one", 0..3)
+            .into_iter()
+            .chain(titles("two", 0..2))
+            .collect(),
+    );
     assert_eq!(restored_titles(&store, &tenant.id, None).await, everything);
     server.stop().await;
 }
@@ -523,6 +532,113 @@ async fn backups_taken_while_commits_are_shipped_leave_the_replica_whole() {
             .expect("backs up");
     }
     server.close_tenants().await;
-    assert_eq!(restored_titles(&store, &tenant.id, None).await, sorted(expected));
+    assert_eq!(
+        restored_titles(&store, &tenant.id, None).await,
+        sorted(expected)
+    );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_data_directory_is_rebuilt_from_its_replica_keys_and_all() {
+    let replica = TempDir::new().unwrap();
+    let url = format!("file://{}", replica.path().display());
+    let store = Store::open(&url, None).unwrap();
+    let configure = |config: &mut tenantry::Config| {
+        config.replica = Some(url.clone());
+        config.replica_sync_ms = 20;
+    };
+    let server = spawn_with(configure).await;
+    let kept = server.tenant("kept").await;
+    let revoked_later = server.tenant("revoked-later").await;
+    write_items(&server, &kept, &titles("kept", 0..4)).await;
+    write_items(&server, &revoked_later, &titles("other", 0..2)).await;
+    server.close_tenants().await;
+    let moment = now_micros();
+    let mut admin = server.admin().await;
+    let key = admin
+        .list_api_keys(as_admin(tenantry::pb::ListApiKeysRequest {
+            tenant_id: revoked_later.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys
+        .remove(0);
+    admin
+        .revoke_api_key(as_admin(tenantry::pb::RevokeApiKeyRequest { id: key.id }))
+        .await
+        .expect("revokes");
+    write_items(&server, &kept, &titles("late", 0..3)).await;
+    // The disk is lost after a clean stop: everything is in the replica.
+    server.stop().await;
+
+    let latest = Arc::new(TempDir::new().unwrap());
+    let rebuilt = tenantry::tenant::rebuild::rebuild_data_dir(
+        &store,
+        &latest.path().join("data"),
+        None,
+        |_, _| {},
+    )
+    .await
+    .expect("rebuilds");
+    assert_eq!(rebuilt.tenants.len(), 2, "{rebuilt:?}");
+    assert!(rebuilt.missing.is_empty(), "{rebuilt:?}");
+    let server = spawn_in(latest.clone(), configure).await;
+    let everything = sorted(
+        titles("kept", 0..4)
+            .into_iter()
+            .chain(titles("late", 0..3))
+            .collect(),
+    );
+    assert_eq!(
+        sorted(all_titles(&server, &kept).await),
+        everything,
+        "with its API key"
+    );
+    let status = server
+        .items()
+        .await
+        .list_items(revoked_later.call(tenantry::pb::ListItemsRequest::default()))
+        .await
+        .expect_err("a key revoked before the loss stays revoked");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    server.stop().await;
+
+    // As it was at the moment: the key not yet revoked, the late items
+    // not yet written.
+    let earlier = Arc::new(TempDir::new().unwrap());
+    tenantry::tenant::rebuild::rebuild_data_dir(
+        &store,
+        &earlier.path().join("data"),
+        Some(moment),
+        |_, _| {},
+    )
+    .await
+    .expect("rebuilds to the moment");
+    let server = spawn_in(earlier, |config| config.replica = None).await;
+    assert_eq!(
+        sorted(all_titles(&server, &kept).await),
+        titles("kept", 0..4)
+    );
+    assert_eq!(
+        sorted(all_titles(&server, &revoked_later).await),
+        titles("other", 0..2),
+        "its key works as it did then"
+    );
+    server.stop().await;
+
+    let again = tenantry::tenant::rebuild::rebuild_data_dir(
+        &store,
+        &latest.path().join("data"),
+        None,
+        |_, _| {},
+    )
+    .await
+    .expect_err("a directory that holds a catalog is not overwritten");
+    assert!(
+        again.to_string().contains("already holds a catalog"),
+        "{again}"
+    );
 }
