@@ -56,12 +56,12 @@ impl Catalog {
         })
     }
 
-    /// The disk the catalog and the tenants are on.
     /// The catalog's database, for what works on it whole (replication).
     pub fn database(&self) -> &Arc<Database> {
         &self.db
     }
 
+    /// The disk the catalog and the tenants are on.
     pub fn disk(&self) -> &Arc<Disk> {
         &self.disk
     }

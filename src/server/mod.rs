@@ -352,7 +352,13 @@ impl Application {
         syncing.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
+            let _ = metrics.await;
         }
+        // Gone, with the handles on the catalog they hold, before the
+        // catalog is closed below: an aborted task is dropped only once the
+        // runtime gets to it.
+        let _ = flushing.await;
+        let _ = syncing.await;
         // Operations whose callers are gone still run: let them end.
         let finished = operations.drain(config.shutdown_grace()).await;
         let mut clean = drained && finished;

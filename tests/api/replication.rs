@@ -223,9 +223,15 @@ pub mod seaweed {
         SERVER.get_or_init(|| server).as_ref()
     }
 
-    fn free_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
+    /// `n` different ports free now: each is held until all are picked,
+    /// so that none is picked twice.
+    fn free_ports(n: usize) -> Vec<u16> {
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
     }
 
     fn start() -> Option<S3> {
@@ -252,7 +258,7 @@ pub mod seaweed {
         let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
+        let ports = free_ports(10);
         let s3 = ports[0];
         let names = [
             "s3.port",
