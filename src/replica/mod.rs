@@ -203,6 +203,12 @@ pub async fn restore(
     until: Option<i64>,
     to: &Path,
 ) -> Result<Restored> {
+    if to.exists() {
+        return Err(Error::FailedPrecondition(format!(
+            "{} already exists: a file is rebuilt from the replica only where there is none",
+            to.display()
+        )));
+    }
     let restored = rebuild_into(store, subject, until, to).await;
     if restored.is_err() {
         let _ = std::fs::remove_file(to);

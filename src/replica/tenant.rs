@@ -50,6 +50,11 @@ pub(super) struct TenantLog {
     replica: Arc<Replica>,
     database: Weak<Database>,
     state: Arc<Mutex<LogState>>,
+    /// Whether the file is whole once closed (a tenant's: closing
+    /// checkpoints it), so that a snapshot may be made of it then; a file
+    /// whose WAL stays beside it (the catalog's) starts its next
+    /// generation when next opened instead.
+    whole_when_closed: bool,
     wake: Notify,
     shipper: tokio::sync::Mutex<Shipper>,
     closed: AtomicBool,
@@ -142,11 +147,21 @@ impl FileIdentity {
 impl TenantLog {
     pub(super) fn attach(replica: Arc<Replica>, subject: Subject, database: &Arc<Database>) {
         let continues = continuity(&replica.state_file(subject), database);
+        // A file the replica cannot vouch for gets its generation now, not
+        // at its first commit: it may never be written again (restored,
+        // then only read), and the replica must not go on holding another
+        // file's history as its latest.
+        let due = continues.is_none();
+        let state = LogState {
+            broken: due,
+            ..LogState::default()
+        };
         let log = Arc::new(TenantLog {
             subject,
             replica,
             database: Arc::downgrade(database),
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
+            whole_when_closed: subject != Subject::Catalog,
             wake: Notify::new(),
             shipper: tokio::sync::Mutex::new(Shipper {
                 continues,
@@ -155,6 +170,9 @@ impl TenantLog {
             closed: AtomicBool::new(false),
         });
         database.set_wal_log(log.clone());
+        if due {
+            log.wake.notify_one();
+        }
         tokio::spawn(log.run());
     }
 
@@ -244,8 +262,11 @@ impl TenantLog {
         if committed == 0 || committed <= self.state().shipped {
             return Ok(Shipped::All);
         }
-        let from = if restarted { None } else { shipper.position };
-        let shipped = if restarted { 0 } else { self.state().shipped };
+        // After a checkpoint the WAL usually starts anew, but not always (a
+        // shared file whose reader held on, or whose connections all
+        // closed): the WAL's own salts say which.
+        let from = shipper.position;
+        let shipped = self.state().shipped;
         let up_to = shipment_end(&commits, shipped, committed);
         let wal_path = database.wal_path();
         let read = run_blocking(move || {
@@ -255,7 +276,7 @@ impl TenantLog {
         })
         .await;
         let read = match read {
-            Ok(read) if read.continues() || from.is_none() => read,
+            Ok(read) if read.continues() || restarted || from.is_none() => read,
             Ok(_) => return Err(self.break_off("the WAL was restarted before it was shipped")),
             Err(error) => return Err(self.break_off(&error.to_string())),
         };
@@ -350,6 +371,10 @@ impl TenantLog {
     /// of the (emptied) WAL.
     async fn start_generation(&self, database: &Database, shipper: &mut Shipper) -> Result<()> {
         let _turn = self.snapshot_turn().await?;
+        // Whatever happens below, the generation shipped so far is not
+        // added to any more: its file is about to lose frames it lacks.
+        shipper.generation = None;
+        shipper.position = None;
         let staging = self
             .replica
             .state_dir
@@ -440,6 +465,9 @@ impl TenantLog {
             return Ok(None);
         }
         let due = shipper.generation.is_none() || self.has_unshipped();
+        if due && !self.whole_when_closed {
+            return Ok(None);
+        }
         if due {
             let _turn = self.snapshot_turn().await?;
             let path = database.path().to_owned();
@@ -574,6 +602,30 @@ impl WalLog for TenantLog {
         state.commits.clear();
         state.restarts += 1;
         state.restarted = true;
+    }
+
+    fn ship_pending(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            let shipped = tokio::time::timeout(CLOSING_WAIT, async {
+                while self.has_unshipped() {
+                    if self.ship(false).await? == Shipped::Stopped {
+                        return Err(Error::Unavailable(format!(
+                            "the replica of {} is not being written by this server",
+                            self.subject
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            shipped.unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "the replica of {} is behind, and could not catch up within {CLOSING_WAIT:?}: \
+                     is the replica's store answering? Retry once it is",
+                    self.subject
+                )))
+            })
+        })
     }
 
     fn closing(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {

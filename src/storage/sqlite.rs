@@ -330,6 +330,8 @@ pub trait WalLog: Send + Sync + 'static {
     /// The database is about to close, which checkpoints the WAL and
     /// deletes it: the last chance to ship its frames.
     fn closing(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Ships every commit made so far, or says why it could not.
+    fn ship_pending(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
     /// The database is closed: its file is whole, and nothing has it open
     /// until this returns.
     fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
@@ -573,6 +575,15 @@ impl Database {
     pub fn set_wal_log(&self, log: Arc<dyn WalLog>) {
         if self.wal_log.set(log).is_err() {
             tracing::error!(path = %self.path.display(), "a database's WAL log was set twice");
+        }
+    }
+
+    /// Ships every commit made so far to the replica, if the database is
+    /// replicated.
+    pub async fn replicate_pending(&self) -> Result<()> {
+        match self.wal_log.get() {
+            Some(log) => log.ship_pending().await,
+            None => Ok(()),
         }
     }
 
@@ -1054,37 +1065,14 @@ impl Database {
             .acquire_owned()
             .await
             .map_err(|_| Retired)?;
+        if self.connections > 1 {
+            return self.with_quiet_shared_file(still, f).await;
+        }
         let turn = self.read_turn().await?;
         let stopping = self.stopping.clone();
         let wal_log = self.wal_log.clone();
         let checkpointed = self
-            .read_in(turn, move |conn| {
-                let (busy, _, _): (i64, i64, i64) = conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })
-                    .context(|| "checkpointing the file before a copy".into())?;
-                if busy != 0 {
-                    return Err(Error::Unavailable(
-                        "the database was busy and could not be copied; retry the call".into(),
-                    ));
-                }
-                note_checkpoint(&wal_log, true);
-                let size: i64 = conn
-                    .query_row(
-                        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-                        [],
-                        |row| row.get(0),
-                    )
-                    .context(|| "measuring the file before a copy".into())?;
-                let file = super::ffi::main_file(conn)
-                    .ok_or_else(|| Error::internal("copying a database", "it has no file"))?;
-                Ok(StillFile {
-                    file,
-                    size: size.max(0) as u64,
-                    stopping,
-                })
-            })
+            .read_in(turn, move |conn| still_file(conn, &wal_log, stopping))
             .await;
         let file = match checkpointed {
             Ok(file) => file,
@@ -1100,6 +1088,81 @@ impl Database {
         })
         .await)
     }
+
+    /// [`Database::with_still_file`] for a file several connections share
+    /// (the catalog): no commit is made while the copy is, and the copy
+    /// reads through a connection held out of the pool meanwhile (which
+    /// could otherwise close it) and not memory-mapped.
+    async fn with_quiet_shared_file<T, F>(
+        &self,
+        still: OwnedSemaphorePermit,
+        f: F,
+    ) -> Result<Result<T>, Retired>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StillFile) -> Result<T> + Send + 'static,
+    {
+        let committing = self
+            .committing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Retired)?;
+        let Ok(pool) = self.pool() else {
+            return Err(Retired);
+        };
+        let stopping = self.stopping.clone();
+        let wal_log = self.wal_log.clone();
+        Ok(run_blocking(move || {
+            let conn = pool
+                .get()
+                .context(|| "taking a database connection".into())?;
+            conn.pragma_update(None, "mmap_size", 0)
+                .context(|| "reading the file before a copy".into())?;
+            let file = still_file(&conn, &wal_log, stopping)?;
+            let copied = f(&file);
+            drop(file);
+            drop(conn);
+            drop(committing);
+            drop(still);
+            copied
+        })
+        .await)
+    }
+}
+
+/// Checkpoints the whole WAL into the file (TRUNCATE), and gives the file
+/// as SQLite has it open, to be copied while no checkpoint runs.
+fn still_file(
+    conn: &Connection,
+    wal_log: &std::sync::OnceLock<Arc<dyn WalLog>>,
+    stopping: Arc<AtomicBool>,
+) -> Result<StillFile> {
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .context(|| "checkpointing the file before a copy".into())?;
+    if busy != 0 {
+        return Err(Error::Unavailable(
+            "the database was busy and could not be copied; retry the call".into(),
+        ));
+    }
+    note_checkpoint(wal_log, true);
+    let size: i64 = conn
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |row| row.get(0),
+        )
+        .context(|| "measuring the file before a copy".into())?;
+    let file = super::ffi::main_file(conn)
+        .ok_or_else(|| Error::internal("copying a database", "it has no file"))?;
+    Ok(StillFile {
+        file,
+        size: size.max(0) as u64,
+        stopping,
+    })
 }
 
 /// Removes the `-shm` file another program's connection left beside a

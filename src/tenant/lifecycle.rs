@@ -739,6 +739,12 @@ impl Lifecycle {
                 "is in the future: give a moment that has passed",
             ));
         }
+        // What is committed but not shipped yet is shipped first: without
+        // it, a moment after the last shipped commit would bring back an
+        // older state than the one asked for.
+        if let Some(database) = self.registry.if_open(id).await {
+            database.replicate_pending().await?;
+        }
         let mut staged = self.registry.staging().reserve("restore", 0)?;
         let restored = crate::replica::restore(
             replica.store(),

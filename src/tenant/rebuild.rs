@@ -3,8 +3,8 @@
 //! each to the latest state or to one moment.
 //!
 //! The catalog and the tenants come from the same moment, so a key revoked
-//! or a tenant purged after it is not brought back. The directory must not
-//! hold a catalog yet: nothing of a directory in use is overwritten. The
+//! or a tenant purged after it is not brought back. The directory must be
+//! new or empty: nothing of a directory in use is touched. The
 //! rebuilt directory takes over the replica's writer id, so the server
 //! started on it goes on writing the same replica (each file opens in a
 //! new generation).
@@ -44,15 +44,16 @@ pub async fn rebuild_data_dir(
     until: Option<Micros>,
     progress: impl Fn(usize, usize),
 ) -> Result<Rebuilt> {
-    let data_dir = DataDir::create(dir)?;
-    let _lock = data_dir.lock()?;
-    if data_dir.catalog().exists() {
+    let in_use = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if in_use {
         return Err(Error::FailedPrecondition(format!(
-            "{} already holds a catalog: recover rebuilds an empty data directory; move this \
-             one aside first",
+            "{} is not empty: recover rebuilds a new data directory, and leaves one in use as \
+             it is; give it a new or empty directory",
             dir.display()
         )));
     }
+    let data_dir = DataDir::create(dir)?;
+    let _lock = data_dir.lock()?;
     let node = crate::replica::writer_of(store).await?;
     let catalog = data_dir.catalog();
     crate::replica::restore(store, Subject::Catalog, until, &catalog).await?;

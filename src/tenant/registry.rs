@@ -437,6 +437,11 @@ impl Registry {
         }
     }
 
+    /// Tenant `tenant`'s database if it is open for calls, without opening it.
+    pub async fn if_open(&self, tenant: TenantId) -> Option<Arc<Database>> {
+        self.inner.open.get(&tenant).await
+    }
+
     /// Where tenant databases are replicated, if anywhere.
     pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
         self.inner.replica.get()
