@@ -31,7 +31,7 @@ pub async fn recover(args: RecoverArgs) -> Outcome {
     let until = args
         .time
         .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1000));
-    let progress = std::sync::Mutex::new(Progress::tenants("recovered"));
+    let progress = std::sync::Mutex::new(Progress::tenants("rebuilding"));
     let done = std::sync::atomic::AtomicUsize::new(0);
     let rebuilt = tenantry::tenant::rebuild::rebuild_data_dir(
         &store,
@@ -49,7 +49,7 @@ pub async fn recover(args: RecoverArgs) -> Outcome {
     .map_err(|e| Failure::Failed(format!("recovering {}: {e}", args.data_dir.display())))?;
     let progress = progress.into_inner().expect("never poisoned");
     for (tenant, why) in &rebuilt.missing {
-        progress.print(&format!("tenant {tenant} was not recovered: {why}"))?;
+        progress.print(&format!("tenant {tenant} was not recovered: {why}\n"))?;
     }
     progress.finish();
     println!(
