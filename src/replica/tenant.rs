@@ -206,6 +206,31 @@ impl TenantLog {
         }
     }
 
+    /// Ships until every commit made so far is shipped, for at most
+    /// [`CLOSING_WAIT`]; `closing` as for [`TenantLog::ship`].
+    async fn ship_everything(&self, closing: bool) -> Result<()> {
+        let shipped = tokio::time::timeout(CLOSING_WAIT, async {
+            while self.has_unshipped() {
+                if self.ship(closing).await? == Shipped::Stopped {
+                    return Err(Error::Unavailable(format!(
+                        "the replica of {} cannot go on here: it is another server's, or \
+                         needs a new generation",
+                        self.subject
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        shipped.unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "the replica of {} is behind, and could not catch up within {CLOSING_WAIT:?}: \
+                 is the replica's store answering? Retry once it is",
+                self.subject
+            )))
+        })
+    }
+
     fn has_unshipped(&self) -> bool {
         let state = self.state();
         state.shipped < state.committed || state.broken
@@ -605,48 +630,15 @@ impl WalLog for TenantLog {
     }
 
     fn ship_pending(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            let shipped = tokio::time::timeout(CLOSING_WAIT, async {
-                while self.has_unshipped() {
-                    if self.ship(false).await? == Shipped::Stopped {
-                        return Err(Error::Unavailable(format!(
-                            "the replica of {} is not being written by this server",
-                            self.subject
-                        )));
-                    }
-                }
-                Ok(())
-            })
-            .await;
-            shipped.unwrap_or_else(|_| {
-                Err(Error::Unavailable(format!(
-                    "the replica of {} is behind, and could not catch up within {CLOSING_WAIT:?}: \
-                     is the replica's store answering? Retry once it is",
-                    self.subject
-                )))
-            })
-        })
+        Box::pin(self.ship_everything(false))
     }
 
     fn closing(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            let shipped = tokio::time::timeout(CLOSING_WAIT, async {
-                while self.has_unshipped() {
-                    if self.ship(true).await? == Shipped::Stopped {
-                        return Err(Error::Unavailable(
-                            "its replica needs a new generation".into(),
-                        ));
-                    }
-                }
-                Ok::<_, Error>(())
-            })
-            .await;
-            let failure = match shipped {
-                Ok(Ok(())) => return,
-                Ok(Err(error)) => crate::error::error_chain(&error),
-                Err(_) => format!("not done within {CLOSING_WAIT:?}"),
-            };
-            tracing::warn!(replica_of = %self.subject, %failure, "closing a tenant whose latest commits are not replicated; a new generation starts when it is next opened");
+            if let Err(error) = self.ship_everything(true).await {
+                let failure = crate::error::error_chain(&error);
+                tracing::warn!(replica_of = %self.subject, %failure, "closing a tenant whose latest commits are not replicated; a new generation starts when it is next opened");
+            }
         })
     }
 

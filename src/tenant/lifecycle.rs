@@ -754,7 +754,7 @@ impl Lifecycle {
         )
         .await?;
         let path = staged.path().to_owned();
-        let (size_bytes, sha256) = run_blocking(move || digest_of(&path)).await?;
+        let (size_bytes, sha256) = run_blocking(move || snapshot::file_sha256(&path)).await?;
         staged.grow(size_bytes)?;
         tracing::debug!(tenant = %id, generation = restored.generation, commits = restored.commits, "rebuilt a tenant from the replica");
         let named = format!("replica at {}", data_dir::file_time(until));
@@ -766,26 +766,6 @@ impl Lifecycle {
             },
             named,
         ))
-    }
-}
-
-/// The size and SHA-256 of a file. Blocking.
-fn digest_of(path: &Path) -> Result<(u64, String)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .context(|| format!("reading {}", path.display()))?;
-        if read == 0 {
-            return Ok((size, hex::encode(hasher.finalize())));
-        }
-        hasher.update(&buffer[..read]);
-        size += read as u64;
     }
 }
 
